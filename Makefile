@@ -1,0 +1,59 @@
+# torchkiln: every target sets itself up on a fresh machine (creates the venv if it is missing).
+# The default lane uses torch 2.13.0, whose CPU wheel lies on local disk; the compat lane installs an older
+# torch (a CUDA build from the registry that still runs on CPU) into its own venv.
+PYTHON ?= python3
+TORCH_DEFAULT := 2.13.0
+VENV := .venv
+TORCH ?= 2.11.0
+COMPAT_VENV := .venv-torch$(TORCH)
+MATRIX ?= 2.10.0 2.11.0 2.12.1 2.13.0 2.14.1
+PYTEST_ARGS ?=
+# pip's warnings about absent local index folders are noise on this machine, not errors.
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.PHONY: demo test test-compat test-matrix lint bench clean venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_QUIET) torch==$(TORCH_DEFAULT) 2>&1 | grep -v "^WARNING: Location" || true
+	$(VENV)/bin/python -c "import torch" 
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(VENV)/bin/python -c "import torchkiln, transformers, moto, s3fs"
+	touch $@
+
+venv: $(VENV)/.installed
+
+.venv-torch%/.installed: pyproject.toml
+	test -x .venv-torch$*/bin/python || $(PYTHON) -m venv .venv-torch$*
+	.venv-torch$*/bin/pip install $(PIP_QUIET) torch==$* 2>&1 | grep -v "^WARNING: Location" || true
+	.venv-torch$*/bin/python -c "import torch; assert torch.__version__.startswith('$*'), torch.__version__"
+	.venv-torch$*/bin/pip install $(PIP_QUIET) -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	.venv-torch$*/bin/python -c "import torchkiln, transformers, moto, s3fs"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/torchkiln demo
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The compat lane: the fix-dependent and real-model tests on a torch where the builtins bug lives.
+test-compat: $(COMPAT_VENV)/.installed
+	$(COMPAT_VENV)/bin/python -m pytest -m "compat or slow" $(PYTEST_ARGS)
+
+# Not in CI: every fix's status and a save/load round trip on each torch of the matrix -> docs/COMPAT.md.
+test-matrix:
+	set -e; for v in $(MATRIX); do $(MAKE) .venv-torch$$v/.installed; done
+	$(VENV)/bin/python tools/compat_matrix.py $(foreach v,$(MATRIX),.venv-torch$(v)/bin/python) > docs/COMPAT-matrix.md
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests tools benchmarks
+	$(VENV)/bin/ruff format --check src tests tools benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python tools/check_forbidden_imports.py
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/torchkiln bench
+
+clean:
+	rm -rf $(VENV) .venv-torch* .pytest_cache .mypy_cache .ruff_cache

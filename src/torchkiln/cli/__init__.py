@@ -1,0 +1,75 @@
+"""The ``torchkiln`` command line: argument parsing, output (rich tables or ``--json``) and exit codes.
+
+Each command group lives in its own module (``cli/<group>.py``) with a ``register(subparsers)`` function that adds
+its sub-commands; a sub-command's handler takes the parsed ``argparse.Namespace`` and returns the exit code:
+0 ok, 1 a check failed (verify found corruption, doctor found a needed fix unavailable), 2 usage error.
+Splitting by group keeps each file small and lets owners of a capability (fleet, bench) add commands without
+touching the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from torchkiln._version import __version__
+from torchkiln.errors import TorchkilnError
+
+__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+
+#: Command-group modules, imported lazily by name so a missing optional dependency breaks only its group.
+COMMAND_GROUPS = (
+    "torchkiln.cli.doctor",
+    "torchkiln.cli.cache",
+    "torchkiln.cli.fleet",
+    "torchkiln.cli.bench",
+)
+
+
+def add_cache_option(parser: argparse.ArgumentParser) -> None:
+    """``--cache URL``: every command that reads or lists takes it (else TORCHKILN_CACHE, else the user cache)."""
+    parser.add_argument("--cache", metavar="URL", default=None, help="cache path or URL (default: %(default)s)")
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchkiln",
+        description="Compile a PyTorch model once; load the verified artifact anywhere.",
+    )
+    parser.add_argument("--version", action="version", version=f"torchkiln {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_GROUPS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # the group is not built yet / not installed
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(handler(args))
+    except TorchkilnError as exc:
+        print(f"torchkiln {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,90 @@
+"""The TorchkilnError hierarchy: every error torchkiln raises on purpose.
+
+Each subclass also inherits the builtin it is closest to, so ``except ValueError`` style code keeps working.
+Fields are attributes, ``__str__`` says what failed, where, and how to fix it, and every error pickles
+(``__reduce__`` rebuilds it from its fields), so errors cross process pools intact (filelock's style).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "TorchkilnError",
+    "ArtifactCorruptError",
+    "IncompatibleArtifactError",
+    "UntrustedArtifactError",
+    "StaleArtifactError",
+    "StoreError",
+    "UnsupportedTorchError",
+    "UnknownFixError",
+    "InvalidTargetError",
+    "CompileError",
+]
+
+
+class TorchkilnError(Exception):
+    """Base class. ``what``: what failed; ``where``: the object, file or key; ``fix``: what to do."""
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.where = where
+        self.fix = fix
+
+    def _fields(self) -> dict[str, Any]:
+        return {"where": self.where, "fix": self.fix}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.what, self._fields()))
+
+    def __str__(self) -> str:
+        text = self.what
+        if self.where:
+            text += f" [{self.where}]"
+        if self.fix:
+            text += f"\n  How to fix: {self.fix}"
+        return text
+
+
+def _rebuild(cls: type[TorchkilnError], what: str, fields: dict[str, Any]) -> TorchkilnError:
+    return cls(what, **fields)
+
+
+class ArtifactCorruptError(TorchkilnError, ValueError):
+    """An artifact's bytes failed a structural, length or hash check; nothing was unpickled."""
+
+
+class IncompatibleArtifactError(TorchkilnError, RuntimeError):
+    """An intact artifact was built for another torch, Python, device or format version."""
+
+
+class UntrustedArtifactError(TorchkilnError, PermissionError):
+    """A signing key is configured and the artifact is unsigned or signed with another key."""
+
+
+class StaleArtifactError(TorchkilnError, RuntimeError):
+    """A source file that Dynamo inlined changed since the artifact was built."""
+
+
+class StoreError(TorchkilnError, OSError):
+    """A cache store could not be read or written (permissions, network, disk full)."""
+
+
+class UnsupportedTorchError(TorchkilnError, RuntimeError):
+    """The running torch is older than the first release torchkiln supports."""
+
+
+class UnknownFixError(TorchkilnError, KeyError):
+    """A forward-fix id that the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message; keep the readable form
+        return TorchkilnError.__str__(self)
+
+
+class InvalidTargetError(TorchkilnError, TypeError):
+    """``torchkiln.compile`` was given something that is neither a function nor an ``nn.Module``."""
+
+
+class CompileError(TorchkilnError, RuntimeError):
+    """torch could not compile or serialize the target; the message carries torch's reason and a hint."""

@@ -1,0 +1,72 @@
+"""The Store protocol: what every cache backend (local, memory, remote, tiered) must do.
+
+A store maps a key (``<name>-<sha256>``, see cache_key.py) to the bytes of one artifact. It knows nothing about
+the artifact format: integrity is artifact.py's job, so a store may hand back corrupt bytes and the caller
+turns that into a miss. The contract, enforced for every backend by tests/store/contract.py:
+
+- ``get`` returns the complete bytes of a published artifact or ``None``; never a partial object.
+- ``put`` is atomic and write-once: a reader sees the old state or the whole new object, and a second ``put``
+  of an existing key leaves the first object in place and returns ``False``.
+- ``lock(key)`` is held by one compiler per key across every process that shares the store; waiters get the
+  lock once the holder releases or dies, or ``StoreError`` once ``timeout`` seconds have passed.
+- Every failure is a ``StoreError`` (an ``OSError``) that names the store and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol, runtime_checkable
+
+__all__ = ["ARTIFACT_SUFFIX", "Store", "StoreEntry"]
+
+#: Every artifact object ends in this suffix under the store's versioned root (``<root>/v1/<key>.tkln``).
+ARTIFACT_SUFFIX = ".tkln"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreEntry:
+    """One stored artifact as listed by ``Store.list()``."""
+
+    key: str
+    size: int
+    #: seconds since the epoch of the last write, or of the last read where the backend records reads
+    last_used: float
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A place artifacts live. ``url`` is how a user names it (``/dir``, ``s3://b/p``, ``memory://x``)."""
+
+    url: str
+
+    def get(self, key: str) -> bytes | None:
+        """The artifact's bytes, or ``None`` when the key is absent."""
+        ...
+
+    def put(self, key: str, data: bytes) -> bool:
+        """Publish atomically; ``False`` (and no change) if the key already exists."""
+        ...
+
+    def delete(self, key: str) -> bool:
+        """Remove the key; ``False`` if it was absent."""
+        ...
+
+    def list(self) -> list[StoreEntry]:
+        """Every stored artifact, in no particular order."""
+        ...
+
+    def lock(self, key: str, timeout: float) -> AbstractContextManager[None]:
+        """One holder per key across processes (and machines, for shared stores)."""
+        ...
+
+    def gc(self, max_size: int) -> list[str]:
+        """Evict least recently used artifacts until the total size is at most ``max_size`` bytes."""
+        ...
+
+
+def iter_keys(store: Store) -> Iterator[str]:
+    """Every key in ``store`` (a convenience for the CLI)."""
+    for entry in store.list():
+        yield entry.key
