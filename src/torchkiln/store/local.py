@@ -1,0 +1,384 @@
+"""The local filesystem store: artifacts at ``<root>/v1/<key>.tkln`` on a disk this process can write.
+
+This module owns the on-disk layout of a local cache root, atomic write-once publishing, per-key file locks,
+least-recently-used eviction, and the safety checks on the root. Layout under ``<root>/v1/``::
+
+    <key>.tkln            a published artifact; never modified after it appears
+    .tmp-<random>.part    a write in progress (hidden, never listed; gc removes ones idle for over an hour)
+    locks/<key>.lock      the flock file behind ``lock(key)``
+
+Why the root must be private: an artifact is unpickled on load, so anyone who can write into the cache can run
+code as the user who loads from it. A root that is group/world-writable, or owned by another account, is
+refused.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import logging
+import os
+import re
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import filelock
+
+from torchkiln.errors import StoreError
+from torchkiln.store.base import ARTIFACT_SUFFIX, StoreEntry
+
+__all__ = ["LAYOUT_VERSION", "TEMP_GRACE_S", "LocalStore", "check_key"]
+
+_log = logging.getLogger(__name__)
+
+#: The directory under a cache root that holds this layout; bumped when the layout or artifact format changes
+#: so two torchkiln versions can share a root without reading each other's objects.
+LAYOUT_VERSION = "v1"
+
+#: gc leaves temp files younger than this alone: they may belong to a writer that is still running. A live
+#: writer bumps its temp file's mtime with every write, so only a dead (e.g. SIGKILLed) writer's file ages
+#: past this.
+TEMP_GRACE_S = 3600.0
+
+_TEMP_PREFIX = ".tmp-"
+_TEMP_SUFFIX = ".part"
+_LOCKS_DIR = "locks"
+_KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+# os.write may write fewer bytes than asked (Linux caps one call near 2 GiB), so writes go in bounded chunks.
+_CHUNK = 1 << 20
+# errnos with which a filesystem says "no hard links here" (some FUSE, SMB and FAT mounts).
+_NO_HARDLINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV})
+_UNWRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def check_key(key: object, *, where: str) -> str:
+    """Return ``key`` if it is a valid store key, else raise ``StoreError``.
+
+    Keys are file names here and object names remotely, so they are restricted to a portable alphabet with no
+    path separators; a leading dot is refused so a key can never name a hidden temp file, ``.`` or ``..``.
+    """
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or key.startswith("."):
+        raise StoreError(
+            f"invalid cache key {key!r}: a key is 1-200 characters from A-Z a-z 0-9 . _ - "
+            "and does not start with a dot",
+            where=where,
+            fix="build keys with torchkiln.cache_key (they look like '<name>-<sha256>')",
+        )
+    return key
+
+
+def _fix_for(exc: OSError, root: Path) -> str:
+    if exc.errno in _UNWRITABLE:
+        return (
+            f"the cache root is not writable: set TORCHKILN_CACHE to a writable directory, "
+            f"or fix the permissions of {root}"
+        )
+    if exc.errno in _FULL:
+        return (
+            "the disk holding the cache is full: free space (e.g. `torchkiln gc --max-size 2G`) "
+            "or set TORCHKILN_CACHE to a directory on another disk"
+        )
+    return f"check that {root} is a usable local directory, or set TORCHKILN_CACHE to another one"
+
+
+def _check_private_dir(path: Path) -> None:
+    """Refuse a cache directory that another account could write into (see the module docstring)."""
+    st = path.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(
+            "the cache root is not a directory",
+            where=str(path),
+            fix="set TORCHKILN_CACHE to a directory",
+        )
+    if sys.platform == "win32":  # mode bits and uids mean nothing there; ACLs are the user's business
+        return
+    if st.st_uid != os.geteuid():
+        raise StoreError(
+            f"the cache directory is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}); "
+            "artifacts are unpickled on load, so torchkiln only loads from a cache directory you own",
+            where=str(path),
+            fix="set TORCHKILN_CACHE to a directory of your own (or chown this one to yourself)",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StoreError(
+            f"the cache directory is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+            "artifacts are unpickled on load, so anyone who can write here could run code as you",
+            where=str(path),
+            fix=f"run `chmod go-w {path}`, or set TORCHKILN_CACHE to a private directory",
+        )
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    offset = 0
+    while offset < len(data):
+        offset += os.write(fd, data[offset : offset + _CHUNK])
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the new directory entry durable: a crash after put() returns cannot lose the artifact's name."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some filesystems (and Windows) refuse fsync on a directory; the data itself is already synced.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    """A cache root on a local (or locally mounted) filesystem. ``root`` is given without the ``v1`` part."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        # absolute but not resolve()d: a symlinked root keeps the name the user gave it
+        self.root = Path(os.path.abspath(Path(root).expanduser()))  # noqa: PTH100
+        self.dir = self.root / LAYOUT_VERSION
+        self.url = str(self.root)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.url!r})"
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _where(self, key: str | None = None) -> str:
+        return f"{self.dir} key={key}" if key is not None else str(self.dir)
+
+    def _path(self, key: str) -> Path:
+        return self.dir / (key + ARTIFACT_SUFFIX)
+
+    def _error(self, what: str, exc: OSError, key: str | None = None) -> StoreError:
+        return StoreError(
+            f"{what}: {exc.strerror or exc}", where=self._where(key), fix=_fix_for(exc, self.root)
+        )
+
+    def _prepare(self, *, create: bool) -> bool:
+        """Check (and with ``create``, make) the root and its ``v1`` dir; ``False`` if absent and not created.
+
+        Runs on every call rather than once per instance: it costs two stats, and a root whose permissions
+        change under a long-lived process must be refused from then on.
+        """
+        if create:
+            # mode applies to the leaf only; the parents (e.g. ~/.cache) keep the user's umask.
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _check_private_dir(self.root)
+            self.dir.mkdir(mode=0o700, exist_ok=True)
+        elif not self.dir.is_dir():
+            return False
+        else:
+            _check_private_dir(self.root)
+        _check_private_dir(self.dir)
+        return True
+
+    def _touch(self, fd: int, key: str) -> None:
+        """Record a read for LRU: atime := now, mtime stays the write time. One syscall on the open fd."""
+        try:
+            st = os.fstat(fd)
+            os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))
+        except OSError as exc:
+            # A read-only root still serves reads; the LRU hint only makes gc's order less exact.
+            _log.debug("could not record the read of %s: %s", self._where(key), exc)
+
+    # -- the Store protocol --------------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        check_key(key, where=self._where(key))
+        try:
+            if not self._prepare(create=False):
+                return None
+            # The file is complete by construction (put links it only after fsync), so reading to EOF is the
+            # whole artifact; an open fd keeps reading the same inode even if gc unlinks the name meanwhile.
+            with open(self._path(key), "rb") as f:
+                data = f.read()
+                self._touch(f.fileno(), key)
+        except StoreError:
+            raise
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._error("cannot read the artifact", exc, key) from exc
+        return data
+
+    def put(self, key: str, data: bytes) -> bool:
+        check_key(key, where=self._where(key))
+        path = self._path(key)
+        try:
+            self._prepare(create=True)
+            if path.exists():  # cheap early answer; the link below is what actually enforces write-once
+                return False
+            fd, tmp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=self.dir)
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise self._error("cannot write to the cache", exc, key) from exc
+        tmp = Path(tmp_name)
+        try:
+            try:
+                _write_all(fd, memoryview(data).cast("B"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            published = self._publish(tmp, path)
+            if published:
+                _fsync_dir(self.dir)
+            return published
+        except OSError as exc:
+            raise self._error("cannot write the artifact", exc, key) from exc
+        finally:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError as exc:  # gc removes it after TEMP_GRACE_S; the put's own outcome stands
+                _log.debug("could not remove temp file %s: %s", tmp, exc)
+
+    @staticmethod
+    def _publish(tmp: Path, path: Path) -> bool:
+        """Give the fully written temp file its final name, unless that name exists (write-once)."""
+        try:
+            # link() fails with EEXIST instead of replacing, atomically: exactly one of N racing writers wins,
+            # and a reader sees either no file or the complete one.
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_HARDLINKS:
+                raise
+        # No hard links on this filesystem. rename() cannot refuse to replace, so check first: a writer racing
+        # through this window replaces one complete artifact of the key by another complete one, never by a
+        # partial one.
+        if path.exists():
+            return False
+        tmp.replace(path)
+        return True
+
+    def delete(self, key: str) -> bool:
+        check_key(key, where=self._where(key))
+        try:
+            if not self._prepare(create=False):
+                return False
+            self._path(key).unlink()
+        except StoreError:
+            raise
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._error("cannot delete the artifact", exc, key) from exc
+        return True
+
+    def list(self) -> builtins.list[StoreEntry]:
+        try:
+            if not self._prepare(create=False):
+                return []
+            return list(self._scan())
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise self._error("cannot list the cache", exc) from exc
+
+    def _scan(self) -> Iterator[StoreEntry]:
+        with os.scandir(self.dir) as it:
+            for dirent in it:
+                key = dirent.name[: -len(ARTIFACT_SUFFIX)]
+                # Temp files (leading dot, other suffix) and anything not made by put() are not artifacts.
+                if not dirent.name.endswith(ARTIFACT_SUFFIX) or not _KEY_RE.fullmatch(key) or key[0] == ".":
+                    continue
+                try:
+                    st = dirent.stat(follow_symlinks=False)
+                except FileNotFoundError:  # deleted since scandir listed it
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield StoreEntry(key=key, size=st.st_size, last_used=max(st.st_atime, st.st_mtime))
+
+    @contextlib.contextmanager
+    def lock(self, key: str, timeout: float) -> Iterator[None]:
+        """An exclusive flock on ``locks/<key>.lock``; the kernel drops it when the holder dies: never stale.
+
+        ``timeout`` < 0 waits forever. The lock is not reentrant: a second ``lock(key)`` in the same process
+        waits like any other process would.
+        """
+        check_key(key, where=self._where(key))
+        lock_path = self.dir / _LOCKS_DIR / (key + ".lock")
+        try:
+            self._prepare(create=True)
+            lock_path.parent.mkdir(mode=0o700, exist_ok=True)
+            file_lock = filelock.FileLock(str(lock_path), timeout=timeout, mode=0o600)
+            file_lock.acquire()
+        except StoreError:
+            raise
+        except filelock.Timeout as exc:  # before OSError: Timeout is a TimeoutError
+            raise StoreError(
+                f"timed out after {timeout:g} s waiting for the compile lock",
+                where=self._where(key),
+                fix="another process is compiling this key and holds the lock until it finishes or exits; "
+                "wait for it, or pass a longer timeout",
+            ) from exc
+        except OSError as exc:
+            raise self._error("cannot take the compile lock", exc, key) from exc
+        try:
+            yield
+        finally:
+            file_lock.release()
+
+    def gc(self, max_size: int) -> builtins.list[str]:
+        """Evict least recently used artifacts until at most ``max_size`` bytes remain; returns evicted keys.
+
+        Safe against concurrent readers: eviction is ``unlink``, which on POSIX removes only the name. A
+        process that already opened the artifact keeps reading the inode to the end, and the space is freed
+        when it closes it. Also removes temp files of dead writers (idle for over ``TEMP_GRACE_S``). Lock
+        files are left in place: they are empty, and unlinking one that a waiter has already opened would
+        split waiters across two inodes and break mutual exclusion (filelock keeps its Unix lock files for the
+        same reason).
+        """
+        if max_size < 0:
+            raise StoreError(
+                f"gc max_size must be >= 0, got {max_size}", where=self._where(), fix="pass a size"
+            )
+        try:
+            if not self._prepare(create=False):
+                return []
+            self._remove_stale_temps()
+            return self._evict(max_size)
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise self._error("gc failed", exc) from exc
+
+    def _evict(self, max_size: int) -> builtins.list[str]:
+        entries = sorted(self._scan(), key=lambda e: (e.last_used, e.key))
+        total = sum(e.size for e in entries)
+        evicted: builtins.list[str] = []
+        for entry in entries:
+            if total <= max_size:
+                break
+            path = self._path(entry.key)
+            try:
+                st = path.stat()
+                if max(st.st_atime, st.st_mtime) > entry.last_used:
+                    continue  # read since the scan: no longer the least recently used one
+                path.unlink()
+            except (
+                FileNotFoundError
+            ):  # another gc or a delete got there first; it no longer counts either way
+                total -= entry.size
+                continue
+            total -= entry.size
+            evicted.append(entry.key)
+        return evicted
+
+    def _remove_stale_temps(self) -> None:
+        now = time.time()
+        with os.scandir(self.dir) as it:
+            for dirent in it:
+                if not (dirent.name.startswith(_TEMP_PREFIX) and dirent.name.endswith(_TEMP_SUFFIX)):
+                    continue
+                try:
+                    if now - dirent.stat(follow_symlinks=False).st_mtime > TEMP_GRACE_S:
+                        Path(dirent.path).unlink()
+                except FileNotFoundError:
+                    continue
