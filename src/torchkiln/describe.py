@@ -1,0 +1,283 @@
+"""Live objects -> deterministic JSON: the descriptions the cache key hashes and ``torchkiln explain`` shows.
+
+cache_key.py owns which parts a key has; this module owns how a target, its module tree and its example
+inputs are described. Every description is plain JSON (str/int/float/bool/None, lists, str-keyed dicts),
+identical across processes: no ``id()``, no ``repr()`` with addresses, sets sorted, hash randomization
+irrelevant. Weights are never read, only their names, shapes, dtypes and devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "canonical_json",
+    "describe_inputs",
+    "describe_structure",
+    "describe_target",
+    "is_function",
+    "qualname",
+    "value_json",
+]
+
+_CONFIG_VOLATILE = frozenset({"_name_or_path", "name_or_path", "transformers_version", "_commit_hash"})
+_ATTR_SKIPPED = frozenset({"training", "name_or_path", "_name_or_path"})  # training: recorded on its own
+_MAX_DEPTH = 8
+_source_cache: dict[str, tuple[int, int, str]] = {}
+
+
+def canonical_json(value: Any) -> str:
+    """The one serialization that is hashed: sorted keys, no whitespace, ASCII, no NaN tokens."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', None) or '?'}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+def _tensor(t: Any, *, dynamic: bool) -> dict[str, Any]:
+    import torch
+
+    def dyn(
+        n: int,
+    ) -> int | str:  # Dynamo specializes 0 and 1 even when dynamic; every other size is symbolic
+        return n if not dynamic or n in (0, 1) else "dyn"
+
+    spec: dict[str, Any] = {
+        "shape": [dyn(int(n)) for n in t.shape],
+        "dtype": str(t.dtype),
+        "device": str(t.device),
+        "requires_grad": bool(t.requires_grad),
+        "layout": str(t.layout),
+    }
+    if t.layout == torch.strided:
+        spec["stride"] = [dyn(int(n)) for n in t.stride()]
+    if type(t) not in (torch.Tensor, torch.nn.Parameter):
+        spec["type"] = qualname(type(t))  # subclasses (DTensor, ...) trace differently
+    return spec
+
+
+def value_json(v: Any, depth: int = 0, *, dynamic: bool = False) -> Any:  # noqa: PLR0911, PLR0912
+    # One flat dispatch over JSON kinds reads better than a table of predicates.
+    """JSON for a constant: scalars by value, tensors by spec, callables and classes by qualname."""
+    import enum
+    import functools
+    import math
+
+    import torch
+
+    if v is None or isinstance(v, bool | int | str):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else {"float": repr(v)}
+    if isinstance(v, torch.Tensor):
+        return {"tensor": _tensor(v, dynamic=dynamic)}
+    if isinstance(v, torch.dtype | torch.device | torch.layout | torch.memory_format):
+        return {type(v).__name__: str(v)}
+    if isinstance(v, enum.Enum):
+        return {"enum": f"{qualname(type(v))}.{v.name}"}
+    if depth >= _MAX_DEPTH:
+        return {"object": qualname(type(v)), "truncated": True}
+    if isinstance(v, torch.nn.Module):
+        return {"module": qualname(type(v))}
+    if isinstance(v, Mapping):
+        return {str(k): value_json(x, depth + 1, dynamic=dynamic) for k, x in v.items()}
+    if isinstance(v, tuple) and hasattr(v, "_fields"):
+        return {"type": qualname(type(v)), "items": [value_json(x, depth + 1, dynamic=dynamic) for x in v]}
+    if isinstance(v, tuple | torch.Size):
+        return [value_json(x, depth + 1, dynamic=dynamic) for x in v]
+    if isinstance(v, list):
+        return {"list": [value_json(x, depth + 1, dynamic=dynamic) for x in v]}
+    if isinstance(v, set | frozenset):  # iteration order follows hash randomization: sort the JSON
+        return {"set": sorted((value_json(x, depth + 1) for x in v), key=canonical_json)}
+    if isinstance(v, type):
+        return {"class": qualname(v)}
+    if isinstance(v, functools.partial):
+        return {"partial": value_json(v.func, depth + 1), "args": value_json(v.args, depth + 1)}
+    if callable(getattr(v, "to_dict", None)) and hasattr(v, "model_type"):  # a transformers config
+        values = {k: x for k, x in v.to_dict().items() if k not in _CONFIG_VOLATILE}
+        return {
+            "config": qualname(type(v)),
+            # decides eager / sdpa / flash attention code paths, and to_dict() leaves it out
+            "attn_implementation": value_json(getattr(v, "_attn_implementation", None), depth + 1),
+            "values": value_json(values, depth + 1),
+        }
+    if callable(v) and hasattr(v, "__qualname__"):
+        return {"callable": qualname(v)}
+    return {"object": qualname(type(v))}
+
+
+def _source_digest(module_name: str) -> str:
+    """sha256 of a module's source file, cached per path, mtime and size (reading bytes is cheap)."""
+    import sys
+    from pathlib import Path
+
+    path = getattr(sys.modules.get(module_name), "__file__", None)
+    if not path:
+        return "no source file"
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return "no source file"
+    cached = _source_cache.get(path)
+    if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
+        return cached[2]
+    with open(path, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    _source_cache[path] = (st.st_mtime_ns, st.st_size, digest)
+    return digest
+
+
+def _code_digest(code: Any) -> str:
+    """For a function without a source file (REPL, exec): hash its code; sets sorted (marshal is not)."""
+    hasher = hashlib.sha256(code.co_code)
+    hasher.update(canonical_json([list(code.co_names), list(code.co_varnames)]).encode())
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            hasher.update(_code_digest(const).encode())
+        else:
+            hasher.update(canonical_json(value_json(const)).encode())
+    return hasher.hexdigest()
+
+
+def _is_third_party(module_name: str) -> bool:
+    import sys
+
+    top = module_name.partition(".")[0]
+    # torch's own files are covered by torch's version and git commit in the fingerprint; the stdlib's by
+    # the Python version.
+    return top != "torch" and top not in sys.stdlib_module_names and top != "builtins"
+
+
+def _unwrap(target: Any) -> Any:
+    """The plain function behind a bound method or ``functools.partial`` target."""
+    import functools
+    import inspect
+
+    while isinstance(target, functools.partial):
+        target = target.func
+    return target.__func__ if inspect.ismethod(target) else target
+
+
+def _modules_of(target: Any) -> dict[str, Any]:
+    """The nn.Modules a target runs: itself; or a method's owner and the modules a function reads by name.
+
+    Dynamo would guard those with ID_MATCH, which cannot be serialized (issue 3, item 10), so they are
+    described structurally instead.
+    """
+    import functools
+    import inspect
+
+    import torch
+
+    if isinstance(target, torch.nn.Module):
+        return {"": target}
+    found: dict[str, Any] = {}
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.ismethod(target) and isinstance(target.__self__, torch.nn.Module):
+        found["self"] = target.__self__
+    fn = _unwrap(target)
+    code, cells = fn.__code__, fn.__closure__ or ()
+    for name in code.co_names:
+        value = fn.__globals__.get(name)
+        if isinstance(value, torch.nn.Module):
+            found[f"global {name}"] = value
+    for name, cell in zip(code.co_freevars, cells, strict=False):
+        with contextlib.suppress(ValueError):  # an empty cell (variable assigned later) has no contents
+            if isinstance(cell.cell_contents, torch.nn.Module):
+                found[f"closure {name}"] = cell.cell_contents
+    return found
+
+
+def describe_target(target: Any) -> dict[str, Any]:
+    """Qualname, and the content hash of every source file that defines the target or a class in its tree."""
+    import torch
+
+    names: set[str] = set()
+    if isinstance(target, torch.nn.Module):
+        desc: dict[str, Any] = {"kind": "module", "qualname": qualname(type(target))}
+    else:
+        fn = _unwrap(target)
+        desc = {"kind": "function", "qualname": qualname(fn)}
+        names.add(fn.__module__)
+    for module in _modules_of(target).values():
+        names |= {cls.__module__ for m in module.modules() for cls in type(m).__mro__}
+    desc["sources"] = {n: _source_digest(n) for n in sorted(names) if _is_third_party(n)}
+    if desc["kind"] == "function" and desc["sources"].get(fn.__module__) == "no source file":
+        desc["code"] = _code_digest(fn.__code__)
+    return desc
+
+
+def _describe_module(module: Any) -> dict[str, Any]:
+    first_path: dict[int, str] = {}  # tied parameters: the later names point at the first one
+    for pname, p in module.named_parameters(remove_duplicate=False):
+        first_path.setdefault(id(p), pname)
+    seen_configs: dict[int, str] = {}
+    modules: dict[str, Any] = {}
+    for path, sub in module.named_modules(remove_duplicate=False):
+        prefix = f"{path}." if path else ""
+        attrs: dict[str, Any] = {}
+        for k, v in sorted(vars(sub).items()):
+            if k in _ATTR_SKIPPED or "hook" in k or k in ("_parameters", "_buffers", "_modules"):
+                continue
+            if k.startswith("_") and not (v is None or isinstance(v, bool | int | float | str)):
+                continue  # private containers are torch/library bookkeeping; private scalars can steer code
+            if hasattr(v, "model_type"):  # one config object is shared by many submodules: describe it once
+                if id(v) in seen_configs:
+                    attrs[k] = {"same_config_as": seen_configs[id(v)]}
+                    continue
+                seen_configs[id(v)] = prefix + k
+            attrs[k] = value_json(v)
+        params = {
+            n: None
+            if p is None
+            else {"tied_to": first_path[id(p)]}
+            if first_path.get(id(p), prefix + n) != prefix + n
+            else [list(p.shape), str(p.dtype), str(p.device), bool(p.requires_grad)]
+            for n, p in sub._parameters.items()
+        }
+        not_persistent: set[str] = getattr(sub, "_non_persistent_buffers_set", set())
+        buffers = {
+            n: None if b is None else [list(b.shape), str(b.dtype), str(b.device), n not in not_persistent]
+            for n, b in sub._buffers.items()
+        }
+        hooks = {  # hooks run inside the traced call: another hook is another graph
+            h: [qualname(f) for f in getattr(sub, f"_{h}").values()]
+            for h in ("forward_pre_hooks", "forward_hooks", "backward_pre_hooks", "backward_hooks")
+            if getattr(sub, f"_{h}", None)
+        }
+        entry = {"class": qualname(type(sub)), "training": sub.training, "attrs": attrs}
+        entry.update({k: v for k, v in (("params", params), ("buffers", buffers), ("hooks", hooks)) if v})
+        modules[path] = entry
+    return modules
+
+
+def describe_structure(target: Any) -> dict[str, Any] | None:
+    """Per submodule: class, training flag, constant attributes, hooks, parameters and buffers (no values).
+
+    A module target gives ``{"modules": {path: entry}}``; a function gives one such tree per module it
+    reaches (``"self"``, ``"global NAME"``, ``"closure NAME"``), or ``None`` when it reaches none.
+    """
+    found = _modules_of(target)
+    if set(found) == {""}:
+        return {"modules": _describe_module(found[""])}
+    return {name: {"modules": _describe_module(m)} for name, m in sorted(found.items())} or None
+
+
+def describe_inputs(args: tuple[Any, ...], kwargs: Mapping[str, Any], *, dynamic: bool) -> dict[str, Any]:
+    """Tensors by spec (sizes other than 0/1 are "dyn" when dynamic), scalars by value, others by type."""
+    return {
+        "args": [value_json(a, dynamic=dynamic) for a in args],
+        "kwargs": {str(k): value_json(v, dynamic=dynamic) for k, v in sorted(kwargs.items())},
+    }
+
+
+def is_function(target: Any) -> bool:
+    import inspect
+
+    return inspect.isfunction(_unwrap(target))
