@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from torchkiln.errors import StoreError
-from torchkiln.store import LocalStore, MemoryStore, default_local_root, open_store
+from torchkiln.store import LocalStore, MemoryStore, Store, default_local_root, open_store
 from torchkiln.store.local import LAYOUT_VERSION, TEMP_GRACE_S
 
 from .contract import StoreContract, payload
@@ -233,13 +232,20 @@ def test_unknown_scheme_is_a_clear_error() -> None:
     assert "s3://" in (info.value.fix or "")
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("torchkiln.store.tiered") is not None,
-    reason="remote stores exist: see test_tiered",
-)
-def test_remote_scheme_without_the_tiered_module_is_a_clear_error() -> None:
+def _tiered_needing_a_missing_package(url: str, *, local_root: Path | None = None) -> Store:
+    raise ImportError("Install s3fs to access S3")
+
+
+def test_remote_scheme_errors_are_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchkiln.store as store_pkg
+
+    monkeypatch.setattr(store_pkg, "_TIERED", "torchkiln.store.no_such_module:open_tiered")
     with pytest.raises(StoreError, match="remote caches are not available"):
         open_store("s3://bucket/prefix")
+    monkeypatch.setattr(store_pkg, "_TIERED", f"{__name__}:_tiered_needing_a_missing_package")
+    with pytest.raises(StoreError, match="Install s3fs") as info:
+        open_store("s3://bucket/prefix")
+    assert info.value.fix == "pip install 'torchkiln[s3]'"
 
 
 # -- crashes, full disks, concurrent gc ------------------------------------------------------------

@@ -122,6 +122,8 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 def _fsync_dir(path: Path) -> None:
     """Make the new directory entry durable: a crash after put() returns cannot lose the artifact's name."""
+    if sys.platform == "win32":  # no directory handles to fsync; NTFS journals the new name itself
+        return
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
