@@ -155,7 +155,8 @@ def _combine(name: str, parts: Sequence[KeyPart]) -> str:
 
 
 def _sanitize(name: str) -> str:
-    clean = _NAME_UNSAFE.sub("_", name).strip("._-")[:_MAX_NAME].rstrip("._-")
+    # No leading "." or "-" (hidden files, CLI flags); no trailing separators left by replaced characters.
+    clean = _NAME_UNSAFE.sub("_", name).lstrip(".-")[:_MAX_NAME].rstrip("._-")
     return clean or "target"
 
 
