@@ -31,9 +31,7 @@ def _load_tool() -> ModuleType:
 cfi = _load_tool()
 
 
-def _run(
-    *args: str | Path, cwd: Path | None = None, script: Path = SCRIPT
-) -> subprocess.CompletedProcess[str]:
+def _run(*args: str | Path, cwd: Path | None = None, script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(script), *map(str, args)],
         capture_output=True,
