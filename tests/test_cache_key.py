@@ -226,15 +226,18 @@ def test_function_without_source_file_is_keyed_by_code() -> None:
     exec("def f(x):\n    return x + 1\n", scope)
     exec("def g(x):\n    return x + 2\n", scope)
     kf, kg = key_of(scope["f"], name="f"), key_of(scope["g"], name="f")
-    assert "code" in kf.part("target").description  # type: ignore[union-attr]
+    assert "not_a_real_module.f" in kf.part("target").description["code"]  # type: ignore[union-attr]
     assert differing(kf, kg) == ["target"]
+    # classes too (a notebook cell): another forward body is another target
+    exec("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n        return x + 1\n", scope)
+    m1 = scope["M"]()
+    exec("class M(torch.nn.Module):\n    def forward(self, x):\n        return x * 3\n", scope)
+    assert differing(key_of(m1), key_of(scope["M"]())) == ["target"]
 
 
 def test_editing_the_model_source_changes_target(tmp_path: Path) -> None:
     src = tmp_path / "kiln_tmp_model.py"
-    src.write_text(
-        "import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n        return x + 1\n"
-    )
+    src.write_text("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n        return x + 1\n")
     spec = importlib.util.spec_from_file_location("kiln_tmp_model", src)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -367,10 +370,7 @@ def test_llama_config_changes_change_the_key_and_weights_do_not() -> None:
     changes = explain(eps, [base]).differences[0].changes
     assert "structure.modules[''].attrs.config.values.rms_norm_eps: 1e-06 -> 1e-05" in changes
     # the norm layers' own copy of eps shows which submodules changed
-    assert (
-        "structure.modules['model.layers.0.input_layernorm'].attrs.variance_epsilon: 1e-06 -> 1e-05"
-        in changes
-    )
+    assert "structure.modules['model.layers.0.input_layernorm'].attrs.variance_epsilon: 1e-06 -> 1e-05" in changes
 
     assert differing(base, key_of(_llama(hidden_act="gelu"), ids)) == ["structure"]
     assert differing(base, key_of(_llama(attn_implementation="eager"), ids)) == ["structure"]
@@ -381,9 +381,7 @@ def test_gpt2_config_sources_and_activation() -> None:
     transformers = pytest.importorskip("transformers")
 
     def gpt2(act: str) -> nn.Module:
-        config = transformers.GPT2Config(
-            n_embd=32, n_layer=2, n_head=2, vocab_size=64, activation_function=act
-        )
+        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64, activation_function=act)
         return transformers.GPT2LMHeadModel(config).eval()  # type: ignore[no-any-return]
 
     ids = torch.ones(1, 8, dtype=torch.long)

@@ -199,6 +199,7 @@ def describe_target(target: Any) -> dict[str, Any]:
     import torch
 
     names: set[str] = set()
+    classes: set[type] = set()
     if isinstance(target, torch.nn.Module):
         desc: dict[str, Any] = {"kind": "module", "qualname": qualname(type(target))}
     else:
@@ -206,11 +207,27 @@ def describe_target(target: Any) -> dict[str, Any]:
         desc = {"kind": "function", "qualname": qualname(fn)}
         names.add(fn.__module__)
     for module in _modules_of(target).values():
-        names |= {cls.__module__ for m in module.modules() for cls in type(m).__mro__}
+        classes |= {cls for m in module.modules() for cls in type(m).__mro__}
+    names |= {cls.__module__ for cls in classes}
     desc["sources"] = {n: _source_digest(n) for n in sorted(names) if _is_third_party(n)}
-    if desc["kind"] == "function" and desc["sources"].get(fn.__module__) == "no source file":
-        desc["code"] = _code_digest(fn.__code__)
+    fileless = {n for n, d in desc["sources"].items() if d == "no source file"}
+    # Classes and functions from a notebook cell or exec() have no file to hash: hash their code instead,
+    # so that editing a cell and running it again is a miss, not a stale hit.
+    code = {qualname(cls): _code_digest_all(cls) for cls in sorted(classes, key=qualname) if cls.__module__ in fileless}
+    if desc["kind"] == "function" and fn.__module__ in fileless:
+        code[qualname(fn)] = _code_digest(fn.__code__)
+    if code:
+        desc["code"] = code
     return desc
+
+
+def _code_digest_all(cls: type) -> str:
+    hasher = hashlib.sha256()
+    for name, attr in sorted(vars(cls).items()):
+        func = getattr(attr, "__func__", attr)  # staticmethod / classmethod
+        if hasattr(func, "__code__"):
+            hasher.update(f"{name}:{_code_digest(func.__code__)};".encode())
+    return hasher.hexdigest()
 
 
 def _describe_module(module: Any) -> dict[str, Any]:
