@@ -8,6 +8,7 @@ TORCH ?= 2.11.0
 COMPAT_VENV := .venv-torch$(TORCH)
 MATRIX ?= 2.10.0 2.11.0 2.12.1 2.13.0 2.14.1
 PYTEST_ARGS ?=
+LINT_PATHS := $(wildcard src tests tools benchmarks fuzz)
 # pip's warnings about absent local index folders are noise on this machine, not errors.
 PIP_QUIET := --quiet --disable-pip-version-check
 
@@ -47,8 +48,8 @@ test-matrix:
 	$(VENV)/bin/python tools/compat_matrix.py $(foreach v,$(MATRIX),.venv-torch$(v)/bin/python) > docs/COMPAT-matrix.md
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests tools benchmarks
-	$(VENV)/bin/ruff format --check src tests tools benchmarks
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python tools/check_forbidden_imports.py
 

@@ -6,22 +6,51 @@ Re-exports only. Importing torchkiln patches nothing: forward fixes are applied 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torchkiln._version import __version__
+from torchkiln.api import CompiledModule, compile
 from torchkiln.errors import (
     ArtifactCorruptError,
+    ArtifactEncodeError,
     CompileError,
     IncompatibleArtifactError,
     InvalidTargetError,
     StaleArtifactError,
     StoreError,
     TorchkilnError,
+    TorchkilnWarning,
     UnknownFixError,
     UnsupportedTorchError,
     UntrustedArtifactError,
 )
 
+if TYPE_CHECKING:
+    from torchkiln.compat.registry import FixStatus
+
+
+def fixes() -> list[FixStatus]:
+    """The status of every forward fix on the running torch (probes run once per process)."""
+    from torchkiln import compat
+
+    return [compat.status(fix.id) for fix in compat.fixes()]
+
+
+def apply_fixes(ids: list[str] | None = None) -> list[FixStatus]:
+    """Apply the forward fixes the running torch needs (idempotent); returns their statuses."""
+    from torchkiln import compat
+
+    return compat.apply_fixes(ids)
+
+
 __all__ = [
     "__version__",
+    "compile",
+    "CompiledModule",
+    "fixes",
+    "apply_fixes",
+    "TorchkilnWarning",
+    "ArtifactEncodeError",
     "ArtifactCorruptError",
     "CompileError",
     "IncompatibleArtifactError",

@@ -21,6 +21,7 @@ from typing import Any
 
 from torchkiln.errors import (
     ArtifactCorruptError,
+    ArtifactEncodeError,
     IncompatibleArtifactError,
     TorchkilnError,
     UntrustedArtifactError,
@@ -71,13 +72,6 @@ _FIX_UNTRUSTED = (
     "rebuild the artifact where the same signing key is configured, or check that "
     f"{ENV_SIGNING_KEY} / {ENV_SIGNING_KEY_FILE} hold the key the fleet signs with"
 )
-
-
-class ArtifactEncodeError(TorchkilnError, ValueError):
-    """``encode`` was given a header or sections that the format cannot hold; nothing was written.
-
-    Lives here until errors.py grows a ValueError-type error for bad arguments; it pickles like the rest.
-    """
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

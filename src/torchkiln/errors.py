@@ -20,6 +20,8 @@ __all__ = [
     "UnknownFixError",
     "InvalidTargetError",
     "CompileError",
+    "ArtifactEncodeError",
+    "TorchkilnWarning",
 ]
 
 
@@ -88,3 +90,11 @@ class InvalidTargetError(TorchkilnError, TypeError):
 
 class CompileError(TorchkilnError, RuntimeError):
     """torch could not compile or serialize the target; the message carries torch's reason and a hint."""
+
+
+class ArtifactEncodeError(TorchkilnError, ValueError):
+    """``encode`` was given a header or sections that the format cannot hold; nothing was written."""
+
+
+class TorchkilnWarning(UserWarning):
+    """A fallback happened (a cache miss for a reason, an unwritable cache); the model still runs compiled."""

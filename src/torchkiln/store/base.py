@@ -14,6 +14,7 @@ turns that into a miss. The contract, enforced for every backend by tests/store/
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -53,7 +54,7 @@ class Store(Protocol):
         """Remove the key; ``False`` if it was absent."""
         ...
 
-    def list(self) -> list[StoreEntry]:
+    def list(self) -> builtins.list[StoreEntry]:
         """Every stored artifact, in no particular order."""
         ...
 

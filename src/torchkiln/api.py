@@ -1,0 +1,392 @@
+"""``torchkiln.compile`` and ``CompiledModule``: the hit / miss / fallback / strict policy.
+
+Load path (hit): key -> store.get -> artifact.decode (lengths, sha256 and, with a key configured, the HMAC are
+verified before anything is unpickled) -> the header must name this exact request (a validly signed artifact
+copied under another key is refused) -> fingerprint compatible -> inlined sources unchanged -> kernels restored
+into the Inductor cache -> compiler.load. Every failure there is a miss: a ``TorchkilnWarning`` naming the reason
+and a normal compile, unless ``strict`` (or ``TORCHKILN_STRICT=1``), where the typed error is raised.
+
+Compile path (miss): fixes applied, one compiler per key (the store's lock; waiters load what it publishes),
+aot_compile inside ``kernels.recording()`` so the artifact carries its built kernels, publish write-once.
+
+Calls: the loaded function's own guards decide whether an input fits a specialization. An input that fits none
+(another shape, dtype or device) is never a guard error: its own key is looked up or compiled, and kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torchkiln import artifact, cache_key, compiler, kernels
+from torchkiln._version import __version__
+from torchkiln.compat import check_supported
+from torchkiln.errors import (
+    CompileError,
+    IncompatibleArtifactError,
+    StaleArtifactError,
+    StoreError,
+    TorchkilnError,
+    TorchkilnWarning,
+)
+from torchkiln.fingerprint import Fingerprint
+from torchkiln.store import Store, open_store
+
+__all__ = ["CompiledModule", "compile"]
+
+log = logging.getLogger("torchkiln")
+
+#: Seconds a process waits for another process compiling the same key before it compiles itself.
+DEFAULT_LOCK_TIMEOUT = 900.0
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _configure_logging() -> None:
+    level = os.environ.get("TORCHKILN_LOG", "").strip().upper()
+    if level and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[torchkiln %(levelname)s] %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(level if level in logging.getLevelNamesMapping() else logging.DEBUG)
+
+
+def _device_type(target: Any, is_module: bool, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    import torch
+
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value.device.type
+    if is_module:
+        for tensor in target.parameters():
+            return tensor.device.type
+    return "cpu"
+
+
+@dataclasses.dataclass
+class _Specialization:
+    key: str
+    function: compiler.LoadedFunction
+    header: dict[str, Any]
+    artifact_bytes: int
+
+
+class CompiledModule:
+    """The compiled target: call it like the target. ``.key``, ``.hit``, ``.timings``, ``.artifact_bytes``."""
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        is_module: bool,
+        store: Store | None,
+        name: str | None,
+        dynamic: bool,
+        backend: str,
+        options: Mapping[str, Any],
+        strict: bool,
+    ) -> None:
+        self.target = target
+        self._is_module = is_module
+        self._store = store
+        self._name = name
+        self._dynamic = dynamic
+        self._backend = backend
+        self._options = dict(options)
+        self.strict = strict
+        self._specializations: list[_Specialization] = []
+        self.key = ""
+        self.hit = False
+        self.timings: dict[str, float] = {}
+        self.artifact_bytes = 0
+        self.header: dict[str, Any] = {}
+
+    # -- calling ------------------------------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        full_args = compiler.call_args(self.target, self._is_module, args)
+        for spec in reversed(self._specializations):
+            if spec.function.guard_check(full_args, kwargs):
+                return spec.function(*full_args, **kwargs)
+        # No specialization fits (another shape, dtype, device...): its own key, loaded or compiled.
+        spec = self._resolve(args, kwargs)
+        return spec.function(*full_args, **kwargs)
+
+    @property
+    def specializations(self) -> list[str]:
+        return [s.key for s in self._specializations]
+
+    def __repr__(self) -> str:
+        return f"CompiledModule({self.key!r}, hit={self.hit}, specializations={len(self._specializations)})"
+
+    # -- resolving a key ----------------------------------------------------------------------------------------
+    def _resolve(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Specialization:
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        device_type = _device_type(self.target, self._is_module, args, kwargs)
+        fingerprint = Fingerprint.current(device_type)
+        key = cache_key.build(
+            self.target,
+            tuple(args),
+            kwargs,
+            options={"backend": self._backend, **self._options},
+            fingerprint=fingerprint,
+            dynamic=self._dynamic,
+            name=self._name,
+        )
+        timings["key"] = time.perf_counter() - start
+        spec, hit = self._load_or_compile(key, fingerprint, args, kwargs, timings)
+        timings["total"] = time.perf_counter() - start
+        self._specializations.append(spec)
+        self.key, self.hit, self.timings = spec.key, hit, timings
+        self.artifact_bytes, self.header = spec.artifact_bytes, spec.header
+        return spec
+
+    def _fallback(self, error: TorchkilnError, what: str) -> None:
+        """A reason to miss: raise it when strict, else warn and carry on compiling."""
+        if self.strict:
+            raise error
+        warnings.warn(f"torchkiln: {what}; compiling instead. {error}", TorchkilnWarning, stacklevel=4)
+
+    def _try_load(
+        self, key: cache_key.CacheKey, fingerprint: Fingerprint, timings: dict[str, float]
+    ) -> _Specialization | None:
+        if self._store is None:
+            return None
+        start = time.perf_counter()
+        try:
+            data = self._store.get(key.key)
+        except StoreError as exc:
+            self._fallback(exc, f"cannot read the cache for {key.key}")
+            return None
+        timings["store_get"] = time.perf_counter() - start
+        if data is None:
+            return None
+        try:
+            return self._load(key, fingerprint, data, timings)
+        except StaleArtifactError as exc:
+            # A source file changed: the artifact is outdated, not broken. Replace it (the caller holds no lock
+            # here, so a concurrent loader may still read the old object: it is stale, not torn).
+            log.info("%s", exc)
+            if self.strict:
+                raise
+            self._delete_quietly(key.key)
+        except TorchkilnError as exc:
+            self._fallback(exc, f"cannot use the cached artifact {key.key}")
+        return None
+
+    def _load(
+        self, key: cache_key.CacheKey, fingerprint: Fingerprint, data: bytes, timings: dict[str, float]
+    ) -> _Specialization:
+        start = time.perf_counter()
+        decoded = artifact.decode(data, signing_key=artifact.signing_key_from_env(), where=key.key)
+        header = decoded.header
+        stored = cache_key.CacheKey.from_dict(header.get("cache_key") or {})
+        if stored.key != key.key:
+            raise IncompatibleArtifactError(
+                f"the artifact stored under {key.key} was built for {stored.key}",
+                where=key.key,
+                fix="delete it with `torchkiln rm KEY`; `torchkiln explain` shows what differs",
+            )
+        Fingerprint.from_dict(header.get("fingerprint") or {}).check_compatible(fingerprint, where=key.key)
+        changed = compiler.inlined_sources_changed(header.get("inlined_sources") or [])
+        if changed:
+            raise StaleArtifactError(
+                f"source changed since the artifact was built: {', '.join(changed[:5])}",
+                where=key.key,
+                fix="nothing to do: torchkiln recompiles and replaces the artifact",
+            )
+        timings["decode"] = time.perf_counter() - start
+        start = time.perf_counter()
+        report = kernels.restore(decoded.sections["kernels"]) if "kernels" in decoded.sections else None
+        timings["restore_kernels"] = time.perf_counter() - start
+        start = time.perf_counter()
+        try:
+            with kernels.loading(report):
+                function = compiler.load(
+                    decoded.sections["payload"], is_module=self._is_module, target=self.target
+                )
+        except Exception as exc:
+            raise _load_error(exc, key.key, self.target) from exc
+        timings["load"] = time.perf_counter() - start
+        return _Specialization(key.key, function, header, len(data))
+
+    def _load_or_compile(
+        self,
+        key: cache_key.CacheKey,
+        fingerprint: Fingerprint,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        timings: dict[str, float],
+    ) -> tuple[_Specialization, bool]:
+        spec = self._try_load(key, fingerprint, timings)
+        if spec is not None:
+            return spec, True
+        if self._store is None:
+            return self._compile(key, fingerprint, args, kwargs, timings), False
+        timeout = float(os.environ.get("TORCHKILN_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+        start = time.perf_counter()
+        try:
+            with self._store.lock(key.key, timeout):
+                timings["lock_wait"] = time.perf_counter() - start
+                # Another process may have published while this one waited: load theirs.
+                spec = self._try_load(key, fingerprint, timings)
+                if spec is not None:
+                    return spec, True
+                return self._compile(key, fingerprint, args, kwargs, timings), False
+        except StoreError as exc:
+            self._fallback(exc, f"cannot take the compile lock for {key.key}")
+            return self._compile(key, fingerprint, args, kwargs, timings), False
+
+    def _compile(
+        self,
+        key: cache_key.CacheKey,
+        fingerprint: Fingerprint,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        timings: dict[str, float],
+    ) -> _Specialization:
+        start = time.perf_counter()
+        log.info("compiling %s", key.key)
+        with kernels.recording() as recording:
+            result = compiler.compile_target(
+                self.target,
+                args,
+                kwargs,
+                is_module=self._is_module,
+                dynamic=self._dynamic,
+                backend=self._backend,
+                options=self._options,
+            )
+        timings["compile"] = time.perf_counter() - start
+        start = time.perf_counter()
+        header = {
+            "torchkiln_version": __version__,
+            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "target": _qualname(self.target, self._is_module),
+            "is_module": self._is_module,
+            "device_type": result.device_type,
+            "cache_key": key.to_dict(),
+            "fingerprint": fingerprint.to_dict(),
+            "fixes_applied": result.fixes_applied,
+            "dropped_guards": result.dropped_guards,
+            "inlined_sources": result.inlined_sources,
+            "compile_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+        }
+        data = artifact.encode(
+            header,
+            {"payload": result.payload, "kernels": kernels.bundle(recording)},
+            signing_key=artifact.signing_key_from_env(),
+        )
+        timings["encode"] = time.perf_counter() - start
+        self._publish(key.key, data, timings)
+        function = compiler.LoadedFunction(result.function)
+        return _Specialization(key.key, function, header, len(data))
+
+    def _publish(self, key: str, data: bytes, timings: dict[str, float]) -> None:
+        if self._store is None:
+            return
+        start = time.perf_counter()
+        try:
+            if not self._store.put(key, data):
+                # Occupied by an artifact this process could not use (stale, or built elsewhere): replace it.
+                self._store.delete(key)
+                self._store.put(key, data)
+        except StoreError as exc:
+            self._fallback(exc, f"cannot publish {key}; the model still runs compiled in this process")
+        timings["publish"] = time.perf_counter() - start
+
+    def _delete_quietly(self, key: str) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.delete(key)
+        except StoreError as exc:
+            log.warning("could not delete stale artifact %s: %s", key, exc)
+
+
+def _qualname(target: Any, is_module: bool) -> str:
+    obj = type(target) if is_module else target
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _load_error(exc: BaseException, key: str, target: Any) -> TorchkilnError:
+    """Explain why torch could not load an intact artifact, with the fix for the cases we know."""
+    message = f"{type(exc).__name__}: {exc}"
+    if "__main__" in message:
+        return IncompatibleArtifactError(
+            f"the artifact refers to an object defined in __main__ of the script that compiled it ({message[:300]})",
+            where=key,
+            fix="a class or function defined in the script you run (module __main__) does not exist under that "
+            "name in another script: move the model code into an importable module (e.g. mymodel.py) and import "
+            f"it from both scripts (target: {type(target).__qualname__})",
+        )
+    return IncompatibleArtifactError(
+        f"torch could not load the artifact: {message[:500]}",
+        where=key,
+        fix="it is recompiled automatically; if this repeats, report it with `torchkiln doctor --json`",
+    )
+
+
+def compile(
+    target: Any,
+    example_inputs: Any,
+    *,
+    example_kwargs: Mapping[str, Any] | None = None,
+    cache: str | os.PathLike[str] | Store | None = None,
+    name: str | None = None,
+    dynamic: bool = False,
+    backend: str = "inductor",
+    options: Mapping[str, Any] | None = None,
+    strict: bool = False,
+) -> CompiledModule:
+    """Compile ``target`` (an nn.Module or a module-level function) once; later processes load the artifact.
+
+    ``example_inputs`` is the tuple of positional arguments (a single tensor is accepted too). ``cache`` is a path
+    or URL (``/dir``, ``file://``, ``s3://bucket/prefix``, ``memory://``), else ``$TORCHKILN_CACHE``, else the
+    user cache dir. ``strict`` (or ``TORCHKILN_STRICT=1``) raises instead of falling back to a compile.
+    """
+    _configure_logging()
+    check_supported()
+    strict = strict or _env_flag("TORCHKILN_STRICT")
+    is_module = compiler.validate_target(target)
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    kwargs = dict(example_kwargs or {})
+    if not isinstance(backend, str):
+        raise CompileError(
+            f"backend must be a registered backend name, not {type(backend).__name__}",
+            where="backend",
+            fix='use backend="inductor" (a callable backend cannot be named in a cache key)',
+        )
+    store: Store | None
+    if isinstance(cache, Store):
+        store = cache
+    else:
+        try:
+            store = open_store(cache)
+        except StoreError as exc:
+            if strict:
+                raise
+            warnings.warn(
+                f"torchkiln: cache unavailable, compiling without it: {exc}", TorchkilnWarning, stacklevel=2
+            )
+            store = None
+    module = CompiledModule(
+        target,
+        is_module=is_module,
+        store=store,
+        name=name,
+        dynamic=dynamic,
+        backend=backend,
+        options=options or {},
+        strict=strict,
+    )
+    module._resolve(args, kwargs)
+    return module

@@ -1,0 +1,1 @@
+"""One module per upstream bug. Each exposes ``FIX`` (a ``torchkiln.compat.registry.Fix``)."""

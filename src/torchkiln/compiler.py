@@ -1,0 +1,265 @@
+"""The one module that calls torch's AOT compile API: compile, serialize, deserialize, guard check.
+
+It covers the differences between torch releases so nothing else has to: 2.10/2.11 attach ``.aot_compile`` only
+when ``torch._dynamo.config.enable_aot_compile`` is set (compat's scoped ``enable-aot-compile`` fix), 2.10 loads
+with ``load_compiled_function(f, *, f_globals)``, 2.11+ also take ``external_data`` (torchkiln never needs it:
+an ``nn.Module`` target is passed as an argument of ``_entry.call_module``, not pickled).
+
+Guards: torch's default filter for aot_compile drops guards by their *own* type only, but the serializer also
+rejects guards whose *derived* guard types cannot be serialized (a ``CONSTANT_MATCH`` on the code object inside
+the decorator that wraps a transformers ``forward``, a ``BUILTIN_MATCH`` on an activation function), so every
+transformers model fails with ``PackageError: ID_MATCH guard cannot be serialized``. ``_SerializableGuardFilter``
+drops exactly the guards that cannot be serialized (own or derived type, plus globals), keeps the rest, and
+records what it dropped; the cache key's ``structure`` part takes over the dropped guards' job.
+
+Loading unpickles: callers hand this module bytes that artifact.py has already verified (length, sha256, HMAC).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import io
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torchkiln import _entry, compat
+from torchkiln.errors import CompileError, InvalidTargetError
+
+__all__ = [
+    "CompileResult",
+    "LoadedFunction",
+    "call_args",
+    "compile_target",
+    "inlined_sources_changed",
+    "load",
+    "validate_target",
+]
+
+log = logging.getLogger("torchkiln.compiler")
+
+#: Settings transformers models need to trace fullgraph, matched against torch's error text -> advice.
+_FULLGRAPH_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "DynamicCache",
+        "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph",
+    ),
+    ("Cache", "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph"),
+    (
+        "data-dependent",
+        "avoid data-dependent Python control flow in forward, or mark the branch with torch.cond",
+    ),
+    (
+        "Graph break",
+        "the target must trace as one graph (fullgraph=True): remove the graph break named above",
+    ),
+)
+
+
+def validate_target(target: object) -> bool:
+    """True for an nn.Module, False for a plain function; ``InvalidTargetError`` for anything else."""
+    import torch
+
+    if isinstance(target, torch.nn.Module):
+        return True
+    if callable(target) and hasattr(target, "__code__") and hasattr(target, "__globals__"):
+        if "<locals>" in getattr(target, "__qualname__", "") or target.__name__ == "<lambda>":
+            raise InvalidTargetError(
+                f"cannot compile {target!r}: a lambda or nested function cannot be reloaded in another process",
+                where=getattr(target, "__qualname__", repr(target)),
+                fix="define the function at module level (or wrap the computation in an nn.Module)",
+            )
+        return False
+    raise InvalidTargetError(
+        f"torchkiln.compile needs an nn.Module or a Python function, got {type(target).__qualname__}",
+        where=repr(target)[:80],
+        fix="pass the model (an nn.Module) or a module-level function; for a bound method pass the module itself",
+    )
+
+
+def call_args(target: Any, is_module: bool, args: Sequence[Any]) -> tuple[Any, ...]:
+    """The positional arguments the compiled function takes: the module first for nn.Module targets."""
+    return (target, *args) if is_module else tuple(args)
+
+
+@dataclasses.dataclass
+class _SerializableGuardFilter:
+    unsupported: frozenset[str]
+    dropped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def __call__(self, entries: Sequence[Any]) -> list[bool]:
+        keep: list[bool] = []
+        for entry in entries:
+            derived = tuple(getattr(entry, "derived_guard_types", ()) or ())
+            reasons = []
+            if entry.is_global:
+                reasons.append("global")
+            if entry.guard_type in self.unsupported:
+                reasons.append(f"type {entry.guard_type}")
+            reasons += [f"derived {t}" for t in derived if t in self.unsupported]
+            if reasons:
+                self.dropped.append(
+                    {"name": entry.name, "guard_type": entry.guard_type, "why": ", ".join(reasons)}
+                )
+            keep.append(not reasons)
+        return keep
+
+
+@dataclasses.dataclass
+class CompileResult:
+    function: Any  # torch's AOTCompiledFunction, callable
+    payload: bytes
+    dropped_guards: list[dict[str, Any]]
+    inlined_sources: list[dict[str, Any]]
+    device_type: str
+    fixes_applied: list[str]
+    seconds: dict[str, float]
+
+
+def _source_lines_digest(module_name: str, first: int, last: int) -> tuple[str | None, str | None]:
+    """(file path, sha256 of lines first..last-1) for an importable module, read from disk; (None, None) if not."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None, None
+    origin = spec.origin if spec else None
+    if not origin or not Path(origin).is_file():
+        return None, None
+    with open(origin, "rb") as handle:
+        lines = handle.read().splitlines(keepends=True)
+    return origin, hashlib.sha256(b"".join(lines[first - 1 : last - 1])).hexdigest()
+
+
+def _describe_inlined_sources(source_info: Any) -> list[dict[str, Any]]:
+    records = []
+    for item in sorted(source_info.inlined_sources, key=lambda s: (s.module, s.firstlineno)):
+        path, digest = _source_lines_digest(item.module, item.firstlineno, item.lastlineno)
+        records.append(
+            {
+                "module": item.module,
+                "first_line": item.firstlineno,
+                "last_line": item.lastlineno,
+                "path": path,
+                "sha256": digest,
+            }
+        )
+    return records
+
+
+def inlined_sources_changed(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The inlined source ranges whose text on disk differs from when the artifact was built (cheap: file reads)."""
+    changed = []
+    for record in records:
+        if record.get("sha256") is None:
+            continue  # not backed by a file (e.g. __main__ run from stdin): nothing to compare
+        _, digest = _source_lines_digest(record["module"], record["first_line"], record["last_line"])
+        if digest != record["sha256"]:
+            changed.append(f"{record['module']} lines {record['first_line']}-{record['last_line']}")
+    return changed
+
+
+def _hint_for(message: str) -> str:
+    for needle, hint in _FULLGRAPH_HINTS:
+        if needle in message:
+            return hint
+    return "see torch's reason above; TORCHKILN_LOG=debug and TORCH_LOGS=graph_breaks show more"
+
+
+def compile_target(
+    target: Any,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    is_module: bool,
+    dynamic: bool,
+    backend: str | Callable[..., Any],
+    options: Mapping[str, Any] | None,
+) -> CompileResult:
+    """aot_compile ``target`` for these inputs and serialize it. Raises ``CompileError`` with torch's reason."""
+    import torch
+    from torch._dynamo.guards import CheckFunctionManager
+
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    statuses = compat.apply_fixes()
+    seconds["fixes"] = time.perf_counter() - start
+    guard_filter = _SerializableGuardFilter(
+        frozenset(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
+    )
+    compile_options: dict[str, Any] = dict(options or {})
+    compile_options["guard_filter_fn"] = guard_filter
+    fn: Callable[..., Any] = _entry.call_module if is_module else target
+    where = type(target).__qualname__ if is_module else target.__qualname__
+    start = time.perf_counter()
+    try:
+        with compat.compile_scope():
+            wrapper = torch.compile(
+                fn, fullgraph=True, dynamic=dynamic, backend=backend, options=compile_options
+            )
+            compiled = wrapper.aot_compile((call_args(target, is_module, args), dict(kwargs)))
+        seconds["aot_compile"] = time.perf_counter() - start
+        start = time.perf_counter()
+        payload = _serialize(compiled)
+        seconds["serialize"] = time.perf_counter() - start
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        raise CompileError(
+            f"torch could not compile and save {where} fullgraph: {message.splitlines()[0][:2000]}",
+            where=where,
+            fix=_hint_for(message),
+        ) from exc
+    artifacts = compiled._artifacts
+    return CompileResult(
+        function=compiled,
+        payload=payload,
+        dropped_guards=guard_filter.dropped,
+        inlined_sources=_describe_inlined_sources(artifacts.source_info),
+        device_type=str(artifacts.device_type),
+        fixes_applied=[s.id for s in statuses if s.state is compat.FixState.APPLIED],
+        seconds=seconds,
+    )
+
+
+def _serialize(compiled: Any) -> bytes:
+    serialize = getattr(type(compiled), "serialize", None)
+    if serialize is not None:
+        return bytes(serialize(compiled).serialized_data)
+    # Older releases only save to a path.  # pragma: no cover - every supported torch has serialize()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "artifact.bin"
+        compiled.save_compiled_function(str(path))
+        return path.read_bytes()
+
+
+@dataclasses.dataclass
+class LoadedFunction:
+    """A deserialized artifact: call it like the compiled function (module first for module targets)."""
+
+    function: Any
+
+    def __post_init__(self) -> None:
+        # CompiledModule checks guards itself to pick a specialization; torch would check them a second time.
+        disable = getattr(self.function, "disable_guard_check", None)
+        if disable is not None:
+            disable()
+
+    def guard_check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+        return bool(self.function.guard_check(*args, **kwargs))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+
+def load(payload: bytes, *, is_module: bool, target: Any) -> LoadedFunction:
+    """Deserialize verified bytes into a callable (the bytes must come from artifact.decode)."""
+    import torch.compiler
+
+    f_globals = vars(_entry) if is_module else target.__globals__
+    function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
+    return LoadedFunction(function)
