@@ -1,0 +1,94 @@
+"""The models the benchmark knows by name, and the one way every benchmark process builds them.
+
+Each child process builds its model here, from a fixed seed, so every phase runs the same weights on the same
+inputs and its first output can be compared against the eager one. ``demo`` is the package's demo model;
+``gpt2`` is GPT-2-small-shaped (transformers ``GPT2Config``: n_embd 768, 12 layers, 12 heads, sequence 128,
+``use_cache=False``) with random weights; ``vit`` is a ViT-Small-shaped image classifier (transformers
+``ViTConfig``: hidden 384, 12 layers, 6 heads, 224x224 images, patch 16); ``tiny`` is a one-layer version of
+the demo model that compiles in seconds, for smoke tests. transformers is imported only by the models that
+need it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["MODELS", "build_model", "model_description"]
+
+#: Name -> one-line description (shown in the results' metadata).
+MODELS: dict[str, str] = {
+    "demo": "torchkiln demo transformer: hidden 256, 4 layers, 4 heads, vocab 1000, batch 2x128 tokens",
+    "gpt2": "GPT-2-small shape (transformers GPT2LMHeadModel, random weights): 768 x 12 x 12 heads, 1x128",
+    "vit": "ViT-Small/16 shape (transformers ViTForImageClassification, random weights): 384x12x6, 2x3x224",
+    "tiny": "one-layer demo transformer (hidden 32, 2 heads, vocab 64, 2x16 tokens), for smoke tests",
+}
+SEED = 0
+VIT_IMAGE = 224
+
+
+def model_description(name: str) -> str:
+    return MODELS[name]
+
+
+def build_model(name: str, device: str) -> tuple[nn.Module, tuple[Any, ...]]:
+    """Build model ``name`` in eval mode on ``device`` with seeded random weights, and its example inputs."""
+    import torch
+
+    if name not in MODELS:
+        raise ValueError(f"unknown benchmark model {name!r}; known: {', '.join(MODELS)}")
+    # fork_rng: weights and inputs depend only on SEED, never on what ran before in the process.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model, inputs = _BUILDERS[name]()
+    model = model.eval().to(device)
+    return model, tuple(t.to(device) for t in inputs)
+
+
+def _demo() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    from torchkiln.demo_model import build_demo_model, demo_inputs
+
+    return build_demo_model(), demo_inputs()
+
+
+def _tiny() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    import torch
+
+    from torchkiln.demo_model import TinyTransformer
+
+    model = TinyTransformer(vocab=64, hidden=32, layers=1, heads=2, seq=16)
+    return model, (torch.randint(0, 64, (2, 16)),)
+
+
+def _gpt2() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257, use_cache=False)
+    model = GPT2LMHeadModel(config)
+    return model, (torch.randint(0, config.vocab_size, (1, 128)),)
+
+
+def _vit() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    # num_labels is a PretrainedConfig keyword that transformers' stubs do not list on ViTConfig.
+    kwargs: dict[str, Any] = {"num_labels": 1000}
+    config = ViTConfig(
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        image_size=VIT_IMAGE,
+        patch_size=16,
+        **kwargs,
+    )
+    model = ViTForImageClassification(config)
+    return model, (torch.randn(2, 3, VIT_IMAGE, VIT_IMAGE),)
+
+
+_BUILDERS = {"demo": _demo, "gpt2": _gpt2, "vit": _vit, "tiny": _tiny}

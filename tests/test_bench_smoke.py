@@ -1,0 +1,79 @@
+"""Smoke tests of the benchmark harness: well-formed results from real child processes, cheaply.
+
+Only cheap phases run for real (eager on the one-layer ``tiny`` model); a compile phase is given a time limit
+it cannot meet, which exercises the timeout path (the child and its process group are killed, the run goes
+on, the failure is a row in the results). Rendering is checked on the results the harness produced.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from torchkiln.bench import PHASES, BenchConfig, needed_phases, run_bench
+from torchkiln.bench.report import render
+from torchkiln.bench.summary import NUMERIC_FIELDS
+
+
+def test_needed_phases_adds_dependencies_in_order() -> None:
+    assert needed_phases(["tk_hit_empty", "compile_warm"]) == [
+        "compile_cold",
+        "compile_warm",
+        "tk_miss",
+        "tk_hit_empty",
+    ]
+    assert needed_phases(list(PHASES)) == list(PHASES)
+    with pytest.raises(ValueError, match="unknown phase"):
+        needed_phases(["nope"])
+
+
+def _check_results(results: dict[str, Any], phases: list[str]) -> None:
+    meta = results["meta"]
+    for key in ("date", "cpu", "cores", "device", "torch_version", "loadavg_start", "loadavg_end", "wall_s"):
+        assert key in meta, key
+    model = results["models"]["tiny"]
+    assert list(model["phases"]) == phases
+    for phase in phases:
+        summary = model["phases"][phase]["summary"]
+        assert set(NUMERIC_FIELDS) <= set(summary)
+        assert summary["n_runs"] == 1
+    assert isinstance(model["targets"], list)
+    json.dumps(results)  # everything in it is JSON
+
+
+def test_cli_bench_json_eager(tmp_path: Any) -> None:
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "torchkiln", "bench", "--model", "tiny", "--reps", "1", "--calls", "3"]
+    cmd += ["--phases", "eager", "--json", "--quiet", "--out", str(out), "--workdir", str(tmp_path / "w")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == results
+    _check_results(results, ["eager"])
+    eager = results["models"]["tiny"]["phases"]["eager"]
+    run = eager["runs"][0]
+    assert run["ok"], run
+    assert 0 < run["import_torch_s"] < run["process_s"]
+    assert run["first_output_s"] > 0 and run["per_call_ms"] > 0 and run["peak_rss_mb"] > 10
+    assert eager["summary"]["first_output_s"] == run["first_output_s"]
+    assert (tmp_path / "w" / "tiny" / "ref.pt").exists()  # the reference the other phases compare against
+
+
+def test_failed_phase_is_reported_not_fatal(tmp_path: Any) -> None:
+    # 0.2 s is far too short to even import torch: the child is killed, and the result says so.
+    config = BenchConfig(models=["tiny"], phases=["compile_cold"], reps=1, calls=1, timeout_s=0.2)
+    messages: list[str] = []
+    results = run_bench(config, progress=messages.append)
+    summary = results["models"]["tiny"]["phases"]["compile_cold"]["summary"]
+    assert summary["n_ok"] == 0 and "timed out" in summary["errors"][0]
+    assert any("FAILED" in m for m in messages)
+    console = Console(file=io.StringIO(), width=200)
+    render(results, console)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "FAILED: timed out" in text and "torch.compile, empty caches" in text
