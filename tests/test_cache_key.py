@@ -323,7 +323,8 @@ def test_same_key_in_fresh_processes_with_different_hash_seeds(tmp_path: Path) -
     )
     # One fresh process with hash randomization off, against this process (randomized unless the caller
     # fixed PYTHONHASHSEED): a second subprocess would cost another torch import for no extra coverage.
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(tmp_path)}
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": path}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     sys.path.insert(0, str(tmp_path))
     try:

@@ -9,9 +9,15 @@ irrelevant. Weights are never read, only their names, shapes, dtypes and devices
 from __future__ import annotations
 
 import contextlib
+import enum
+import functools
 import hashlib
+import inspect
 import json
+import math
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -62,12 +68,10 @@ def _tensor(t: Any, *, dynamic: bool) -> dict[str, Any]:
 
 
 def value_json(v: Any, depth: int = 0, *, dynamic: bool = False) -> Any:  # noqa: PLR0911, PLR0912
-    # One flat dispatch over JSON kinds reads better than a table of predicates.
-    """JSON for a constant: scalars by value, tensors by spec, callables and classes by qualname."""
-    import enum
-    import functools
-    import math
+    """JSON for a constant: scalars by value, tensors by spec, callables and classes by qualname.
 
+    One flat dispatch over JSON kinds (hence the noqa) reads better than a table of predicates.
+    """
     import torch
 
     if v is None or isinstance(v, bool | int | str):
@@ -113,8 +117,6 @@ def value_json(v: Any, depth: int = 0, *, dynamic: bool = False) -> Any:  # noqa
 
 def _source_digest(module_name: str) -> str:
     """sha256 of a module's source file, cached per path, mtime and size (reading bytes is cheap)."""
-    import sys
-    from pathlib import Path
 
     path = getattr(sys.modules.get(module_name), "__file__", None)
     if not path:
@@ -145,7 +147,6 @@ def _code_digest(code: Any) -> str:
 
 
 def _is_third_party(module_name: str) -> bool:
-    import sys
 
     top = module_name.partition(".")[0]
     # torch's own files are covered by torch's version and git commit in the fingerprint; the stdlib's by
@@ -155,8 +156,6 @@ def _is_third_party(module_name: str) -> bool:
 
 def _unwrap(target: Any) -> Any:
     """The plain function behind a bound method or ``functools.partial`` target."""
-    import functools
-    import inspect
 
     while isinstance(target, functools.partial):
         target = target.func
@@ -169,8 +168,6 @@ def _modules_of(target: Any) -> dict[str, Any]:
     Dynamo would guard those with ID_MATCH, which cannot be serialized (issue 3, item 10), so they are
     described structurally instead.
     """
-    import functools
-    import inspect
 
     import torch
 
@@ -295,6 +292,5 @@ def describe_inputs(args: tuple[Any, ...], kwargs: Mapping[str, Any], *, dynamic
 
 
 def is_function(target: Any) -> bool:
-    import inspect
 
     return inspect.isfunction(_unwrap(target))
