@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import io
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -120,14 +121,28 @@ class CompileResult:
     seconds: dict[str, float]
 
 
+#: Inlined sources from these packages are not checked: the fingerprint pins their exact build already.
+_PINNED_PACKAGES = ("torch", "torchkiln")
+
+
+def _module_file(module_name: str) -> str | None:
+    """The source file of a module, cheaply: ``sys.modules`` first, because ``find_spec`` imports the parents
+    (checking ``torch._dynamo.polyfills`` that way would import all of Dynamo on the hit path)."""
+    module = sys.modules.get(module_name)
+    origin = getattr(module, "__file__", None) if module is not None else None
+    if origin is None:
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            return None
+        origin = spec.origin if spec else None
+    return origin if origin and Path(origin).is_file() else None
+
+
 def _source_lines_digest(module_name: str, first: int, last: int) -> tuple[str | None, str | None]:
-    """(file path, sha256 of lines first..last-1) for an importable module, read from disk; (None, None) if not."""
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        return None, None
-    origin = spec.origin if spec else None
-    if not origin or not Path(origin).is_file():
+    """(file path, sha256 of lines first..last-1) of a module's source on disk; (None, None) if it has none."""
+    origin = _module_file(module_name)
+    if origin is None:
         return None, None
     with open(origin, "rb") as handle:
         lines = handle.read().splitlines(keepends=True)
@@ -154,8 +169,8 @@ def inlined_sources_changed(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The inlined source ranges whose text on disk differs from when the artifact was built (cheap: file reads)."""
     changed = []
     for record in records:
-        if record.get("sha256") is None:
-            continue  # not backed by a file (e.g. __main__ run from stdin): nothing to compare
+        if record.get("sha256") is None or str(record["module"]).split(".")[0] in _PINNED_PACKAGES:
+            continue  # no file to compare (e.g. __main__ from stdin), or a torch file the fingerprint pins
         _, digest = _source_lines_digest(record["module"], record["first_line"], record["last_line"])
         if digest != record["sha256"]:
             changed.append(f"{record['module']} lines {record['first_line']}-{record['last_line']}")
