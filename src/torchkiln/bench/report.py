@@ -6,6 +6,7 @@ is imported only when a chart is asked for.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console, Group
@@ -108,7 +109,8 @@ def render_model(name: str, model: dict[str, Any]) -> Group:
 
 
 def render(results: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    # Piped output (a log, a file) would otherwise wrap at 80 columns and break the table's rows apart.
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     meta = results["meta"]
     console.print(
         f"torch {meta.get('torch_version', '?')} on {meta['device']}"

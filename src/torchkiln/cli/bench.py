@@ -40,6 +40,9 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--calls", type=int, default=50, help="timed calls for the steady-state median")
     bench.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of phases")
     bench.add_argument("--timeout", type=float, default=1200.0, help="time limit of one phase's process, s")
+    bench.add_argument(
+        "--deadline", type=float, default=None, help="time budget of the whole run, s (phases left: skipped)"
+    )
     bench.add_argument("--workdir", default=None, help="keep caches, artifacts and logs here")
     bench.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     bench.add_argument("--plot", metavar="PATH", default=None, help="write a PNG bar chart (needs [plot])")
@@ -79,12 +82,13 @@ def _bench(args: argparse.Namespace) -> int:
         reps=args.reps,
         calls=args.calls,
         timeout_s=args.timeout,
+        deadline_s=args.deadline,
         workdir=args.workdir,
         keep=args.keep,
         tk_cache=args.cache,
     )
     try:
-        results = run_bench(config, progress=_progress(args))
+        results = run_bench(config, progress=_progress(args), on_update=_checkpoint(args.out))
     except ValueError as exc:  # unknown phase or model
         sys.stderr.write(f"torchkiln bench: error: {exc}\n")
         return EXIT_USAGE
@@ -111,7 +115,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _demo_summary(model: dict[str, Any]) -> None:
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 160)
     phases = model["phases"]
     miss = phases["tk_miss"]["summary"]
     hit = phases["tk_hit_empty"]["summary"]
@@ -127,6 +131,19 @@ def _demo_summary(model: dict[str, Any]) -> None:
             f"torchkiln hit with empty Inductor caches: {seconds:.2f} s to first output (after import torch"
             f" and model build), {cold / seconds:.1f}x faster than a cold torch.compile ({cold:.1f} s)."
         )
+
+
+def _checkpoint(path: str | None) -> Any:
+    """Write the results so far to ``--out`` after every phase: a run cut short still leaves its numbers."""
+    if not path:
+        return None
+
+    def write(results: dict[str, Any]) -> None:
+        tmp = Path(path + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        tmp.replace(path)
+
+    return write
 
 
 def _emit(args: argparse.Namespace, results: dict[str, Any]) -> int:

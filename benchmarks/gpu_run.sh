@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The whole GPU benchmark run in one call (issue 4), for a machine where this repo is the working directory,
+# torch (2.11.0+cu130), transformers and triton are preinstalled, there is no network, and $OUT is a folder
+# whose contents come back. It writes into $OUT:
+#   gpu_run.log            everything this script and its commands printed (set -x trace included)
+#   env.txt                nvidia-smi, CPU, python, the torch/triton/transformers versions
+#   bench-<model>.json     the harness results (written after every phase, so a cut-short run keeps its numbers)
+#   bench-<model>.txt      the rendered table; bench-<model>.png when matplotlib is there
+#   logs/<model>/...       every phase's own log and result record
+#   pytest-gpu.txt         the `pytest -m gpu` run, if any gpu tests exist
+#   summary.txt            one line per step: its exit code and seconds
+#
+# Knobs (environment): DEVICE (cuda; `DEVICE=cpu MODELS=tiny` is the local dry run), MODELS ("demo gpt2"),
+# REPS (3), CALLS (50), PHASES (all), BUDGET_S (540: the whole script, leaving headroom under a 600 s call
+# limit), PHASE_TIMEOUT_S (300), PYTHON (python). Nothing fails hard: every step is time-limited and logged,
+# and the script exits 0 if at least one bench JSON was written.
+set -u -o pipefail
+START=$(date +%s)
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT/logs"
+exec > >(tee -a "$OUT/gpu_run.log") 2>&1
+set -x
+
+DEVICE=${DEVICE:-cuda}
+MODELS=${MODELS:-"demo gpt2"}
+REPS=${REPS:-3}
+CALLS=${CALLS:-50}
+PHASES=${PHASES:-}
+BUDGET_S=${BUDGET_S:-540}
+PHASE_TIMEOUT_S=${PHASE_TIMEOUT_S:-300}
+PYTHON=${PYTHON:-python}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/torchkiln-gpu-run.XXXXXX")
+# Import this checkout whether or not the editable install below works (it needs hatchling offline).
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# The torchkiln cache of this run: never the user's, so every miss is a real miss.
+export TORCHKILN_CACHE="$WORK/tkcache"
+
+step() {  # step NAME SECONDS CMD...: run CMD under a time limit, record its exit code and duration
+  local name=$1 limit=$2 t0 rc
+  shift 2
+  t0=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@"
+  rc=$?
+  echo "$name rc=$rc seconds=$(($(date +%s) - t0))" >> "$OUT/summary.txt"
+  return $rc
+}
+remaining() { echo $((BUDGET_S - ($(date +%s) - START))); }
+
+{
+  date -u +%Y-%m-%dT%H:%M:%SZ
+  nvidia-smi || echo "nvidia-smi: not available"
+  lscpu | grep -E 'Model name|^CPU\(s\)' || true
+  free -g || true
+  "$PYTHON" --version
+  "$PYTHON" -m pip list 2>/dev/null | grep -iE '^(torch|triton|transformers|rich|platformdirs|filelock|fsspec|matplotlib|pytest) ' || true
+} > "$OUT/env.txt" 2>&1
+
+# Editable install without dependencies; if the build backend is missing offline, PYTHONPATH above stands in.
+step install 120 "$PYTHON" -m pip install --no-deps --no-build-isolation -e . \
+  || step install_isolated 120 "$PYTHON" -m pip install --no-deps -e . \
+  || echo "editable install failed: using PYTHONPATH=$PWD/src"
+step sanity 120 "$PYTHON" -c "
+import torch, torchkiln
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.version.cuda)
+print('torchkiln', torchkiln.__version__, torchkiln.__file__)
+if torch.cuda.is_available(): print(torch.cuda.get_device_name())
+"
+step doctor 120 "$PYTHON" -m torchkiln doctor > "$OUT/doctor.txt" 2>&1 || true
+
+for model in $MODELS; do
+  left=$(remaining)
+  if [ "$left" -lt 60 ]; then
+    echo "budget spent: skipping $model" | tee -a "$OUT/summary.txt"
+    continue
+  fi
+  # Each model gets its share of what is left, so the last one is not starved by the first.
+  n_left=0; seen=0
+  for m in $MODELS; do [ "$m" = "$model" ] && seen=1; [ $seen -eq 1 ] && n_left=$((n_left + 1)); done
+  share=$((left / n_left))
+  args=(-m torchkiln bench --model "$model" --device "$DEVICE" --reps "$REPS" --calls "$CALLS"
+        --timeout "$PHASE_TIMEOUT_S" --deadline "$((share - 15))" --workdir "$WORK/$model"
+        --out "$OUT/bench-$model.json")
+  [ -n "$PHASES" ] && args+=(--phases "$PHASES")
+  "$PYTHON" -c "import matplotlib" 2>/dev/null && args+=(--plot "$OUT/bench-$model.png")
+  step "bench_$model" "$share" "$PYTHON" "${args[@]}" > "$OUT/bench-$model.txt"
+  cat "$OUT/bench-$model.txt"
+  # Phase logs and records come back too (small text files), for whatever failed.
+  mkdir -p "$OUT/logs/$model"
+  (cd "$WORK/$model" && find . -name '*.log' -o -name '*.result.json' | cpio -pdm "$OUT/logs/$model" 2>/dev/null) \
+    || cp -r "$WORK/$model" "$OUT/logs/" 2>/dev/null || true
+done
+
+if "$PYTHON" -c "import pytest" 2>/dev/null && [ "$(remaining)" -gt 60 ]; then
+  # Exit code 5 means "no tests were collected": not a failure here.
+  step pytest_gpu "$(($(remaining) - 10))" "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider > "$OUT/pytest-gpu.txt" 2>&1
+  echo "pytest -m gpu exit code $? (5 = no gpu tests)"
+fi
+
+rm -rf "$WORK"
+echo "total seconds $(($(date +%s) - START))" >> "$OUT/summary.txt"
+cat "$OUT/summary.txt"
+ls "$OUT"/bench-*.json >/dev/null 2>&1
