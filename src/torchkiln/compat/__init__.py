@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# Import the ``fixes`` subpackage before binding the function ``fixes`` below: the first import of a submodule
+# sets it as an attribute of this package, so a later first import (registry._all_fixes does one) would replace
+# ``compat.fixes()`` with the subpackage and every call after the first would fail with "'module' object is not
+# callable". Once loaded, re-imports do not rebind it. The subpackage's __init__ is a docstring: this is free.
+import torchkiln.compat.fixes as _fixes_package  # noqa: F401
 from torchkiln.compat.registry import (
     Fix,
     FixState,
