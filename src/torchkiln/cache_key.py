@@ -57,8 +57,7 @@ EXCLUDED: tuple[tuple[str, str], ...] = (
     ),
     ("wall-clock time, hostname, user, process id", "they change no generated code"),
     (
-        "environment variables other than TORCHINDUCTOR_*, TORCHDYNAMO_*, TORCH_COMPILE_* and "
-        "ATEN_CPU_CAPABILITY",
+        "environment variables outside TORCHINDUCTOR_*, TORCHDYNAMO_*, TORCH_COMPILE_*, ATEN_CPU_CAPABILITY",
         "only those change what Dynamo and Inductor generate; cache directories, log settings and the "
         "torchkiln variables (TORCHKILN_CACHE, ...) are dropped even from those families",
     ),
@@ -71,8 +70,7 @@ EXCLUDED: tuple[tuple[str, str], ...] = (
         "one dynamic artifact serves every size; Dynamo specializes 0 and 1, so those stay in the key",
     ),
     (
-        "source files of modules torch itself defines (torch.nn.Linear, ...) and of modules the target only "
-        "calls into",
+        "source files of torch's own modules (torch.nn.Linear, ...) and of modules the target calls into",
         "torch's version and git commit are in the fingerprint; other inlined files are checked precisely "
         "on load against the checksums the artifact records (a changed file makes it stale: a miss)",
     ),
