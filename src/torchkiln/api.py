@@ -195,7 +195,7 @@ class CompiledModule:
                 where=key.key,
                 fix="delete it with `torchkiln rm KEY`; `torchkiln explain` shows what differs",
             )
-        Fingerprint.from_dict(header.get("fingerprint") or {}).check_compatible(fingerprint, where=key.key)
+        fingerprint.check_compatible(Fingerprint.from_dict(header.get("fingerprint") or {}), where=key.key)
         changed = compiler.inlined_sources_changed(header.get("inlined_sources") or [])
         if changed:
             raise StaleArtifactError(
