@@ -144,3 +144,19 @@ def test_dead_holder_lease_expires_and_another_takes_over(s3_url: str, tmp_path:
         if holder.poll() is None:
             holder.kill()
     assert took <= ttl + 3.0, took
+
+
+def test_other_fsspec_backends_publish_through_a_temp_object(tmp_path: Path, s3_env: None) -> None:
+    """file:// stands in for gs://, az://...: no atomic PUT, so upload to tmp/ and move into place."""
+    store = RemoteStore(f"file://{tmp_path}/bucket/prefix")
+    assert store.get("m-1") is None
+    assert store.put("m-1", b"whole") is True
+    assert store.put("m-1", b"again") is False
+    assert (tmp_path / "bucket/prefix/v1/m-1.tkln").read_bytes() == b"whole"
+    assert list((tmp_path / "bucket/prefix/v1/tmp").iterdir()) == []
+    with store.lock("m-2", timeout=5):
+        assert len(list((tmp_path / "bucket/prefix/v1/leases/m-2").iterdir())) == 1
+        with pytest.raises(LeaseTimeoutError), RemoteStore(store.url).lease("m-2", timeout=0.3):
+            pass
+    assert [e.key for e in store.list()] == ["m-1"]
+    assert store.gc(0) == ["m-1"]

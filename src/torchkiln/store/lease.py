@@ -34,11 +34,22 @@ import secrets
 import socket
 import threading
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from torchkiln.errors import StoreError
 
-__all__ = ["DEFAULT_TTL", "ENV_LEASE_TTL", "Lease", "LeaseIO", "LeaseTimeoutError", "acquire_lease"]
+if TYPE_CHECKING:
+    from torchkiln.store.remote import RemoteStore
+
+__all__ = [
+    "DEFAULT_TTL",
+    "ENV_LEASE_TTL",
+    "Lease",
+    "LeaseIO",
+    "LeaseTimeoutError",
+    "ObjectLeaseIO",
+    "acquire_lease",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +60,7 @@ DEFAULT_TTL = 60.0
 POLL_INITIAL = 0.1
 #: Waiters poll at most this often apart: each poll costs a LIST (and a GET per claim) on the bucket.
 POLL_MAX = 2.0
+LEASE_SUFFIX = ".lease"
 
 
 class LeaseTimeoutError(StoreError):
@@ -128,6 +140,8 @@ class Lease:
                     self.lost = True
                     log.warning("lease for %s was taken over (renewal came too late)", self.key)
                     return
+                if self._stop.is_set():  # released meanwhile: do not write back a claim release() deleted
+                    return
                 self.io.write_claim(self.key, self.token, _body(self.token, self.ttl, renewals))
             except StoreError as exc:
                 # The remote is failing; the tiered store notices on its next call. Keep trying: a
@@ -141,9 +155,7 @@ class Lease:
             self.io.delete_claim(self.key, self.token)
         except StoreError as exc:
             # Not fatal: the claim expires on its own after ttl seconds.
-            log.warning(
-                "could not release the lease for %s (%s); it expires in %g s", self.key, exc, self.ttl
-            )
+            log.warning("could not release the lease for %s (%s); it expires in %g s", self.key, exc, self.ttl)
 
 
 def acquire_lease(io: LeaseIO, key: str, *, timeout: float, ttl: float = DEFAULT_TTL) -> Lease | None:
@@ -192,3 +204,48 @@ def _describe(body: bytes) -> str:
         return str(json.loads(body).get("owner", "another process"))
     except (ValueError, AttributeError):
         return "another process"
+
+
+class ObjectLeaseIO:
+    """LeaseIO over a RemoteStore's bucket (``<prefix>/v1/leases/<key>/<token>.lease``), every call bounded by
+    the store's timeout like any other remote call."""
+
+    def __init__(self, store: RemoteStore) -> None:
+        self.store = store
+
+    def _dir(self, key: str) -> str:
+        return f"{self.store.root}/leases/{key}"
+
+    def where(self, key: str) -> str:
+        return f"{self.store.url}/{self.store.root.rsplit('/', 1)[-1]}/leases/{key}/"
+
+    def artifact_exists(self, key: str) -> bool:
+        return self.store.exists(key)
+
+    def write_claim(self, key: str, token: str, body: bytes) -> None:
+        path = f"{self._dir(key)}/{token}{LEASE_SUFFIX}"
+        self.store._write("lease write", key, path, body)
+
+    def claim_exists(self, key: str, token: str) -> bool:
+        path = f"{self._dir(key)}/{token}{LEASE_SUFFIX}"
+        return bool(self.store._call("lease check", key, lambda: self.store._fs.exists(path)))
+
+    def delete_claim(self, key: str, token: str) -> None:
+        self.store._delete_quietly(f"{self._dir(key)}/{token}{LEASE_SUFFIX}")
+
+    def read_claims(self, key: str) -> dict[str, bytes]:
+        fs, folder = self.store._fs, self._dir(key)
+        try:
+            names = self.store._call(
+                "lease list", key, lambda: fs.ls(folder, detail=False), answers=(FileNotFoundError,)
+            )
+        except FileNotFoundError:
+            return {}
+        paths = [str(n) for n in names if str(n).endswith(LEASE_SUFFIX)]
+        if not paths:
+            return {}
+        # A claim deleted between the listing and the read is simply gone: on_error="omit" drops it.
+        bodies = self.store._call("lease read", key, lambda: fs.cat(paths, on_error="omit"))
+        if not isinstance(bodies, dict):
+            bodies = {paths[0]: bodies}
+        return {str(p).rsplit("/", 1)[-1][: -len(LEASE_SUFFIX)]: bytes(b) for p, b in bodies.items()}

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from torchkiln.errors import StoreError
 from torchkiln.store.base import ARTIFACT_SUFFIX, StoreEntry
-from torchkiln.store.lease import DEFAULT_TTL, ENV_LEASE_TTL, Lease, acquire_lease
+from torchkiln.store.lease import DEFAULT_TTL, ENV_LEASE_TTL, Lease, ObjectLeaseIO, acquire_lease
 from torchkiln.store.local import check_key
 
 __all__ = ["DEFAULT_TIMEOUT", "ENV_TIMEOUT", "RemoteStore", "remote_timeout"]
@@ -49,7 +49,6 @@ ENV_TIMEOUT = "TORCHKILN_REMOTE_TIMEOUT"
 #: The issue asks for a bounded wait of at most 30 s before a local compile takes over.
 DEFAULT_TIMEOUT = 30.0
 FORMAT_DIR = "v1"
-LEASE_SUFFIX = ".lease"
 
 #: fsspec protocol -> what to install when its backend package is missing.
 INSTALL_HINTS = {
@@ -212,12 +211,13 @@ class RemoteStore:
     def _check_key(self, key: str) -> None:
         check_key(key, where=self._where(key))  # the same portable alphabet as the local store
 
-    def _call(self, what: str, key: str | None, fn: Callable[[], T]) -> T:
-        """``fn()`` under the deadline; every failure but the ones the caller maps becomes ``StoreError``."""
+    def _call(self, what: str, key: str | None, fn: Callable[[], T], *, answers: tuple[type[OSError], ...] = ()) -> T:
+        """``fn()`` under the deadline. Exceptions in ``answers`` ("absent", "already there") reach the
+        caller as they are; every other failure becomes ``StoreError``."""
         try:
             return run_bounded(fn, self.timeout, what)
-        except (FileNotFoundError, FileExistsError):
-            raise  # "absent" and "already there" are answers, not failures; callers map them
+        except answers:
+            raise
         except Exception as exc:  # botocore/aiohttp/gcsfs errors share no base class beyond Exception
             raise StoreError(
                 f"remote {what} failed: {type(exc).__name__}: {exc}",
@@ -225,6 +225,16 @@ class RemoteStore:
                 fix=f"check the endpoint, credentials and network; {ENV_TIMEOUT} bounds each call "
                 f"(now {self.timeout:g} s)",
             ) from exc
+
+    def _write(self, what: str, key: str | None, path: str, data: bytes) -> None:
+        """A plain upload; object stores have no directories, a mounted filesystem needs them made."""
+
+        def write() -> None:
+            if not self._s3:
+                self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self._fs.pipe_file(path, data)
+
+        self._call(what, key, write)
 
     def path(self, key: str) -> str:
         """The object path of ``key`` inside the filesystem."""
@@ -235,7 +245,7 @@ class RemoteStore:
     def get(self, key: str) -> bytes | None:
         path = self.path(key)
         try:
-            data = self._call("get", key, lambda: self._fs.cat_file(path))
+            data = self._call("get", key, lambda: self._fs.cat_file(path), answers=(FileNotFoundError,))
         except FileNotFoundError:
             return None
         return bytes(data)
@@ -248,7 +258,12 @@ class RemoteStore:
         path = self.path(key)
         if self._conditional_put:
             try:
-                self._call("put", key, lambda: self._fs.pipe_file(path, data, mode="create"))
+                self._call(
+                    "put",
+                    key,
+                    lambda: self._fs.pipe_file(path, data, mode="create"),
+                    answers=(FileExistsError,),
+                )
             except FileExistsError:
                 return False
             except StoreError as exc:
@@ -260,10 +275,10 @@ class RemoteStore:
         if self.exists(key):
             return False
         if self._s3:
-            self._call("put", key, lambda: self._fs.pipe_file(path, data))
+            self._write("put", key, path, data)
             return True
         tmp = f"{self.root}/tmp/{key}.{secrets.token_hex(8)}.part"
-        self._call("put", key, lambda: self._fs.pipe_file(tmp, data))
+        self._write("put", key, tmp, data)
         try:
             self._call("put", key, lambda: self._fs.mv(tmp, path))
         except BaseException:
@@ -278,14 +293,14 @@ class RemoteStore:
         if not self.exists(key):
             return False
         try:
-            self._call("delete", key, lambda: self._fs.rm_file(path))
+            self._call("delete", key, lambda: self._fs.rm_file(path), answers=(FileNotFoundError,))
         except FileNotFoundError:
             return False
         return True
 
     def list(self) -> list[StoreEntry]:
         try:
-            infos = self._call("list", None, lambda: self._fs.ls(self.root, detail=True))
+            infos = self._call("list", None, lambda: self._fs.ls(self.root, detail=True), answers=(FileNotFoundError,))
         except FileNotFoundError:
             return []
         entries = []
@@ -302,7 +317,9 @@ class RemoteStore:
 
         For a shared bucket prefer a lifecycle rule (docs/FLEET.md): it needs no client with delete rights.
         """
-        entries = sorted(self.list(), key=lambda e: e.last_used)
+        if max_size < 0:
+            raise StoreError(f"gc max_size must be >= 0, got {max_size}", where=self.url, fix="pass a size")
+        entries = sorted(self.list(), key=lambda e: (e.last_used, e.key))
         total = sum(e.size for e in entries)
         evicted: builtins.list[str] = []
         for entry in entries:
@@ -344,7 +361,7 @@ class RemoteStore:
     def lease(self, key: str, timeout: float) -> Iterator[None]:
         """The fleet-wide compile lease for ``key`` (lease.py); returns early once the artifact exists."""
         self._check_key(key)
-        held: Lease | None = acquire_lease(_LeaseIO(self), key, timeout=timeout, ttl=self.lease_ttl)
+        held: Lease | None = acquire_lease(ObjectLeaseIO(self), key, timeout=timeout, ttl=self.lease_ttl)
         try:
             yield
         finally:
@@ -354,54 +371,12 @@ class RemoteStore:
     # -- helpers for lease.py ---------------------------------------------------------------------------
     def _delete_quietly(self, path: str) -> None:
         try:
-            self._call("delete", None, lambda: self._fs.rm_file(path))
+            self._call("delete", None, lambda: self._fs.rm_file(path), answers=(FileNotFoundError,))
         except FileNotFoundError:
             pass
         except StoreError as exc:
             # Best effort: a leftover claim expires after its ttl, and the lifecycle rule sweeps tmp/.
             log.debug("could not delete %s: %s", path, exc)
-
-
-class _LeaseIO:
-    """The handful of object operations lease.py needs, bounded like every other remote call."""
-
-    def __init__(self, store: RemoteStore) -> None:
-        self.store = store
-
-    def _dir(self, key: str) -> str:
-        return f"{self.store.root}/leases/{key}"
-
-    def where(self, key: str) -> str:
-        return f"{self.store.url}/{FORMAT_DIR}/leases/{key}/"
-
-    def artifact_exists(self, key: str) -> bool:
-        return self.store.exists(key)
-
-    def write_claim(self, key: str, token: str, body: bytes) -> None:
-        path = f"{self._dir(key)}/{token}{LEASE_SUFFIX}"
-        self.store._call("lease write", key, lambda: self.store._fs.pipe_file(path, body))
-
-    def claim_exists(self, key: str, token: str) -> bool:
-        path = f"{self._dir(key)}/{token}{LEASE_SUFFIX}"
-        return bool(self.store._call("lease check", key, lambda: self.store._fs.exists(path)))
-
-    def delete_claim(self, key: str, token: str) -> None:
-        self.store._delete_quietly(f"{self._dir(key)}/{token}{LEASE_SUFFIX}")
-
-    def read_claims(self, key: str) -> dict[str, bytes]:
-        fs, folder = self.store._fs, self._dir(key)
-        try:
-            names = self.store._call("lease list", key, lambda: fs.ls(folder, detail=False))
-        except FileNotFoundError:
-            return {}
-        paths = [str(n) for n in names if str(n).endswith(LEASE_SUFFIX)]
-        if not paths:
-            return {}
-        # A claim deleted between the listing and the read is simply gone: on_error="omit" drops it.
-        bodies = self.store._call("lease read", key, lambda: fs.cat(paths, on_error="omit"))
-        if not isinstance(bodies, dict):
-            bodies = {paths[0]: bodies}
-        return {str(p).rsplit("/", 1)[-1][: -len(LEASE_SUFFIX)]: bytes(b) for p, b in bodies.items()}
 
 
 def _rebuild(url: str, timeout: float, lease_ttl: float, options: dict[str, Any]) -> RemoteStore:
