@@ -62,7 +62,7 @@ class Store(Protocol):
         """One holder per key across processes (and machines, for shared stores)."""
         ...
 
-    def gc(self, max_size: int) -> list[str]:
+    def gc(self, max_size: int) -> builtins.list[str]:
         """Evict least recently used artifacts until the total size is at most ``max_size`` bytes."""
         ...
 
