@@ -11,7 +11,7 @@
 #   summary.txt            one line per step: its exit code and seconds
 #
 # Knobs (environment): DEVICE (cuda; `DEVICE=cpu MODELS=tiny` is the local dry run), MODELS ("demo gpt2"),
-# REPS (3), CALLS (50), PHASES (all), BUDGET_S (540: the whole script, leaving headroom under a 600 s call
+# REPS (3), CALLS (50), PHASES (all), SKIP_INSTALL (0), BUDGET_S (540: the whole script, leaving headroom under a 600 s call
 # limit), PHASE_TIMEOUT_S (300), PYTHON (python). Nothing fails hard: every step is time-limited and logged,
 # and the script exits 0 if at least one bench JSON was written.
 set -u -o pipefail
@@ -56,7 +56,8 @@ remaining() { echo $((BUDGET_S - ($(date +%s) - START))); }
 } > "$OUT/env.txt" 2>&1
 
 # Editable install without dependencies; if the build backend is missing offline, PYTHONPATH above stands in.
-step install 120 "$PYTHON" -m pip install --no-deps --no-build-isolation -e . \
+# SKIP_INSTALL=1 (local dry runs) leaves the Python environment untouched.
+[ "${SKIP_INSTALL:-0}" = 1 ] || step install 120 "$PYTHON" -m pip install --no-deps --no-build-isolation -e . \
   || step install_isolated 120 "$PYTHON" -m pip install --no-deps -e . \
   || echo "editable install failed: using PYTHONPATH=$PWD/src"
 step sanity 120 "$PYTHON" -c "
@@ -86,8 +87,7 @@ for model in $MODELS; do
   cat "$OUT/bench-$model.txt"
   # Phase logs and records come back too (small text files), for whatever failed.
   mkdir -p "$OUT/logs/$model"
-  (cd "$WORK/$model" && find . -name '*.log' -o -name '*.result.json' | cpio -pdm "$OUT/logs/$model" 2>/dev/null) \
-    || cp -r "$WORK/$model" "$OUT/logs/" 2>/dev/null || true
+  (cd "$WORK/$model/$model" && find . \( -name '*.log' -o -name '*.json' \) -exec install -D -m 644 {} "$OUT/logs/$model/{}" \;) || true
 done
 
 if "$PYTHON" -c "import pytest" 2>/dev/null && [ "$(remaining)" -gt 60 ]; then

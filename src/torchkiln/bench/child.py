@@ -114,6 +114,8 @@ def _save_prep(kind: str, spec: dict[str, Any], model: Any, inputs: tuple[Any, .
         exported = torch.export.export(model, inputs)
         torch._inductor.aoti_compile_and_package(exported, package_path=path)
     elif kind == "aot_raw":
+        # torch 2.11 ships aot_compile behind this flag (2.13 has it on by default): what a user sets too.
+        torch._dynamo.config.enable_aot_compile = True
         # aot_compile is set on the wrapper at run time; typing does not know it.
         wrapper: Any = torch.compile(type(model).forward, fullgraph=True)
         fn = wrapper.aot_compile(((model, *inputs), {}))
@@ -134,6 +136,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     t_torch = time.perf_counter()
     result.update(import_torch_s=t_torch - t, torch_version=torch.__version__, pid=os.getpid())
+    if spec.get("threads"):
+        # On a small shared machine, OpenMP threads that wait on a descheduled sibling make per-call times
+        # jump 1000x; one thread per process keeps steady-state numbers comparable between phases.
+        torch.set_num_threads(int(spec["threads"]))
+    result["threads"] = torch.get_num_threads()
     device = spec["device"]
     sync: Callable[[], None] = torch.cuda.synchronize if device == "cuda" else _no_sync
     if device == "cuda":

@@ -57,6 +57,8 @@ class BenchConfig:
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     reps: int = 3
     calls: int = 50
+    #: torch.set_num_threads in every child (None: torch's default, one per core).
+    threads: int | None = None
     timeout_s: float = 1200.0
     #: Where caches, artifacts, specs and logs go; a temporary folder (removed afterwards) when None.
     workdir: str | None = None
@@ -251,6 +253,7 @@ class _ModelRun:
             "model": self.model,
             "device": self.config.device,
             "calls": self.config.calls,
+            "threads": self.config.threads,
             "ref": str(self.mdir / "ref.pt"),
             "result": str(result_path),
             "spawn_wall": time.time(),

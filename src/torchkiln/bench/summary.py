@@ -80,7 +80,8 @@ def summarize_phase(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary["hits"] = hits
     timings = [r["tk_timings"] for r in ok if isinstance(r.get("tk_timings"), dict)]
     if timings:
-        keys = sorted({k for t in timings for k in t})
+        # The order torchkiln recorded the steps in is the order they ran: keep it.
+        keys = list(dict.fromkeys(k for t in timings for k in t))
         summary["tk_timings"] = {k: _median([t.get(k) for t in timings]) for k in keys}
     return summary
 

@@ -38,6 +38,7 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bench.add_argument("--reps", type=int, default=3, help="repetitions per phase (median reported)")
     bench.add_argument("--calls", type=int, default=50, help="timed calls for the steady-state median")
+    bench.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every phase")
     bench.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of phases")
     bench.add_argument("--timeout", type=float, default=1200.0, help="time limit of one phase's process, s")
     bench.add_argument(
@@ -81,6 +82,7 @@ def _bench(args: argparse.Namespace) -> int:
         phases=phases,
         reps=args.reps,
         calls=args.calls,
+        threads=args.threads,
         timeout_s=args.timeout,
         deadline_s=args.deadline,
         workdir=args.workdir,
