@@ -8,11 +8,12 @@ records a use for LRU eviction and looking at an artifact (``ls``, ``inspect``, 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from torchkiln.errors import (
     ArtifactCorruptError,
@@ -47,6 +48,8 @@ FUNCTION_FORM = "pkg.module:function (a module-level function, with --function)"
 INPUTS_FORM = "pkg.module:function returning a tuple of positional inputs, or an (args_tuple, kwargs_dict) pair"
 _HEADER_PREFIX = 1 << 20  # headers are a few KiB; a larger one is read whole on a second try
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+#: Reading with O_NOATIME (Linux) keeps even relatime mounts from counting a look at a file as a use.
+_NOATIME = getattr(os, "O_NOATIME", 0)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -105,8 +108,8 @@ def resolve_target(spec: str, *, function: bool = False) -> Any:
         ) from exc
     if not isinstance(built, torch.nn.Module):
         raise UsageError(
-            f"TARGET {spec}() returned a {type(built).__name__}, not an nn.Module; expected {TARGET_FORM}; "
-            "to compile a function itself, pass --function"
+            f"TARGET {spec}() returned an object of type {type(built).__name__}, not an nn.Module; "
+            f"expected {TARGET_FORM}; to compile a function itself, pass --function"
         )
     return built
 
@@ -130,7 +133,7 @@ def resolve_inputs(spec: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     elif isinstance(value, Mapping):
         args, kwargs = (), value
     else:
-        raise UsageError(f"SPEC {spec!r} gave a {type(value).__name__}; expected {INPUTS_FORM}")
+        raise UsageError(f"SPEC {spec!r} gave an object of type {type(value).__name__}; expected {INPUTS_FORM}")
     if not all(isinstance(k, str) for k in kwargs):
         raise UsageError(f"SPEC {spec!r}: keyword input names must be strings")
     return args, dict(kwargs)
@@ -168,13 +171,24 @@ def local_path(store: Store, key: str) -> Path | None:
     return store.dir / (key + ARTIFACT_SUFFIX) if isinstance(store, LocalStore) else None
 
 
+def _open_unrecorded(path: Path) -> BinaryIO:
+    """Open for reading without updating atime (LocalStore's LRU clock), where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOATIME)
+    except PermissionError:
+        if not _NOATIME:
+            raise
+        fd = os.open(path, os.O_RDONLY)  # Linux grants O_NOATIME to the file's owner only
+    return os.fdopen(fd, "rb")
+
+
 def read_artifact(store: Store, key: str, *, header_only: bool = False) -> bytes | None:
     """The artifact's bytes (a prefix with ``header_only``, for local files) without counting as a use."""
     path = local_path(store, key)
     if path is None:
         return store.get(key)
     try:
-        with open(path, "rb") as f:
+        with _open_unrecorded(path) as f:
             return f.read(_HEADER_PREFIX) if header_only else f.read()
     except FileNotFoundError:
         return None

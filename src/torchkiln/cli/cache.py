@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -329,8 +329,7 @@ def _gc(args: argparse.Namespace) -> int:
     max_size = parse_size(args.max_size)
     store = open_store(args.cache)
     before = sum(e.size for e in store.list())
-    # cast: Store.gc's annotation `list[str]` names the Protocol's own `list` method, not the builtin.
-    evicted = cast("list[str]", store.gc(max_size))
+    evicted = store.gc(max_size)
     after = sum(e.size for e in store.list())
     if args.json:
         _emit_json({"cache": store.url, "max_size": max_size, "bytes_before": before, "bytes_after": after,

@@ -30,7 +30,7 @@ from torchkiln.cli import EXIT_CHECK_FAILED, EXIT_OK, add_cache_option, add_json
 from torchkiln.compat import FixState, FixStatus
 from torchkiln.errors import StoreError, TorchkilnError, UnsupportedTorchError
 
-__all__ = ["fix_problems", "register", "signing_report"]
+__all__ = ["cache_report", "collect", "fix_problems", "register", "signing_report"]
 
 #: The detail text of a fix whose probe raised (compat.registry._probe); the registry then assumes the bug.
 PROBE_FAILED = "probe could not run"
@@ -98,7 +98,7 @@ def _fixes() -> tuple[list[dict[str, Any]], list[str]]:
     return records, problems
 
 
-def _cache(url: str | None) -> tuple[dict[str, Any], list[str]]:
+def cache_report(url: str | None) -> tuple[dict[str, Any], list[str]]:
     from torchkiln.store import ENV_CACHE, LocalStore, default_local_root, open_store
     from torchkiln.store.tiered import TieredStore
 
@@ -179,7 +179,7 @@ def collect(cache_url: str | None) -> dict[str, Any]:
         "torch": torch_info,
         **_device(torch),
     }
-    report["cache"], cache_warnings = _cache(cache_url)
+    report["cache"], cache_warnings = cache_report(cache_url)
     warnings += cache_warnings
     report["signing_key"], signing_problems = signing_report()
     problems += signing_problems
