@@ -77,3 +77,19 @@ def test_failed_phase_is_reported_not_fatal(tmp_path: Any) -> None:
     render(results, console)
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "FAILED: timed out" in text and "torch.compile, empty caches" in text
+
+
+def test_plot_writes_png(tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    from torchkiln.bench.report import plot
+    from torchkiln.bench.summary import machine_info, summarize_model
+
+    runs = {
+        "compile_cold": [{"ok": True, "first_output_s": 30.0, "per_call_ms": 1.0}],
+        "tk_hit_empty": [{"ok": True, "first_output_s": 1.5, "per_call_ms": 1.0, "hit": True}],
+    }
+    model = summarize_model("tiny", "tiny", "cpu", {"runs": runs, "prep": {}})
+    assert model["ratios_vs_cold"]["tk_hit_empty"] == pytest.approx(0.05)
+    results = {"meta": machine_info("cpu") | {"torch_version": "x"}, "models": {"tiny": model}}
+    plot(results, str(tmp_path / "chart.png"))
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

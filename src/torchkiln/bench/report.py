@@ -145,7 +145,9 @@ def plot(results: dict[str, Any], path: str) -> None:
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(phases))])
     ax.set_xticklabels([PHASE_TITLES[p] for p in phases], rotation=30, ha="right", fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("time to first output (s, median; excludes import torch and model build)")
+    ax.set_ylabel("time to first output, s (median, log scale)")
+    top = max((b.get_height() for b in ax.patches), default=1.0) or 1.0
+    ax.set_ylim(top=top * 4)  # room for the value labels above the tallest bar
     meta = results["meta"]
     ax.set_title(f"torchkiln bench: torch {meta.get('torch_version', '?')}, {meta['device']}, {meta['date'][:10]}")
     ax.legend()
