@@ -46,6 +46,14 @@ with torch.no_grad():
     t5 = time.perf_counter()
     cm = torchkiln.compile(model, inputs, cache=sys.argv[3])
     t6 = time.perf_counter()
+    if prof is not None:
+        prof.disable()
+        import io, pstats
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(45)
+        sys.stderr.write(s.getvalue())
+        prof = cProfile.Profile()
+        prof.enable()
     out = cm(*inputs)
     if sys.argv[2] == "cuda":
         torch.cuda.synchronize()
@@ -54,8 +62,8 @@ if prof is not None:
     prof.disable()
     import io, pstats
     s = io.StringIO()
-    pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(45)
-    sys.stderr.write(s.getvalue())
+    pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(30)
+    sys.stderr.write("FIRST CALL PROFILE\n" + s.getvalue())
 new = set(sys.modules) - before
 groups = {}
 for name in new:
@@ -73,6 +81,11 @@ print("PROFILE " + json.dumps({
 
 def _run(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _fresh(work: Path) -> Path:
+    """A new, empty Inductor cache folder: every profiled process starts like a new machine."""
+    return Path(tempfile.mkdtemp(prefix="inductor-", dir=work))
 
 
 def _child_env(inductor_dir: Path) -> dict[str, str]:
@@ -121,15 +134,15 @@ def main() -> int:
     py = sys.executable
     base = [py, "-c", CHILD, args.model, args.device, str(cache)]
 
-    miss = _parse(_run([*base, "plain"], _child_env(work / "ind_miss"), args.timeout))
+    miss = _parse(_run([*base, "plain"], _child_env(_fresh(work)), args.timeout))
     report: dict[str, Any] = {"miss": miss}
-    report["hit"] = _parse(_run([*base, "plain"], _child_env(work / "ind_hit1"), args.timeout))
-    proc = _run([py, "-X", "importtime", *base[1:], "plain"], _child_env(work / "ind_hit2"), args.timeout)
+    report["hit"] = _parse(_run([*base, "plain"], _child_env(_fresh(work)), args.timeout))
+    proc = _run([py, "-X", "importtime", *base[1:], "plain"], _child_env(_fresh(work)), args.timeout)
     report["hit_importtime"] = _parse(proc)
     report["imports_after_torch"] = _importtime(proc.stderr)
-    proc = _run([*base, "cprofile"], _child_env(work / "ind_hit3"), args.timeout)
+    proc = _run([*base, "cprofile"], _child_env(_fresh(work)), args.timeout)
     report["hit_cprofile"] = _parse(proc)
-    report["cprofile_top"] = proc.stderr[-12000:]
+    report["cprofile_top"], _, report["cprofile_first_call"] = proc.stderr.partition("FIRST CALL PROFILE\n")
 
     hit = report["hit"]
     print(f"miss: hit={miss['hit']} compile call {miss['compile_call_s']:.2f} s, artifact {miss['artifact_bytes']} B")
@@ -143,7 +156,9 @@ def main() -> int:
     for row in report["imports_after_torch"][:15]:
         print(f"  {row['cumulative_s']:7.3f}  {row['module']}")
     print("cProfile (compile + first call), top by cumulative time:")
-    print("\n".join(report["cprofile_top"].splitlines()[:60]))
+    print("\n".join(report["cprofile_top"].splitlines()[-55:]))
+    print("cProfile (first call), top by cumulative time:")
+    print("\n".join(report["cprofile_first_call"].splitlines()[:40]))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0

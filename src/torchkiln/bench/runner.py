@@ -104,6 +104,8 @@ def run_bench(
         "config": asdict(config) | {"phases": phases},
         "models": {},
     }
+    if config.keep or config.workdir:
+        results["config"]["workdir"] = str(workdir)  # where the kept logs and artifacts are
     started = time.monotonic()
     deadline = started + config.deadline_s if config.deadline_s else None
 
