@@ -64,10 +64,10 @@ def _device_type(target: Any, is_module: bool, args: Sequence[Any], kwargs: Mapp
 
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
-            return value.device.type
+            return str(value.device.type)
     if is_module:
         for tensor in target.parameters():
-            return tensor.device.type
+            return str(tensor.device.type)
     return "cpu"
 
 

@@ -68,7 +68,7 @@ def validate_target(target: object) -> bool:
     if isinstance(target, torch.nn.Module):
         return True
     if callable(target) and hasattr(target, "__code__") and hasattr(target, "__globals__"):
-        if "<locals>" in getattr(target, "__qualname__", "") or target.__name__ == "<lambda>":
+        if "<locals>" in getattr(target, "__qualname__", "") or getattr(target, "__name__", "") == "<lambda>":
             raise InvalidTargetError(
                 f"cannot compile {target!r}: a lambda or nested function cannot be reloaded in another process",
                 where=getattr(target, "__qualname__", repr(target)),
@@ -212,7 +212,7 @@ def compile_target(
     start = time.perf_counter()
     try:
         with compat.compile_scope():
-            wrapper = torch.compile(
+            wrapper: Any = torch.compile(
                 fn, fullgraph=True, dynamic=dynamic, backend=backend, options=compile_options
             )
             compiled = wrapper.aot_compile((call_args(target, is_module, args), dict(kwargs)))

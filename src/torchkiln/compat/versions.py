@@ -26,7 +26,7 @@ def torch_version() -> Version:
     try:
         import torch
 
-        raw = torch.__version__
+        raw: str = str(torch.__version__)
     except ImportError:  # pragma: no cover - torch is a hard dependency; this is the readable failure
         raw = importlib.metadata.version("torch")
     try:
