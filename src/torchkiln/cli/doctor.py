@@ -199,9 +199,11 @@ def _print(report: Mapping[str, Any]) -> None:
     env.add_column()
     py, tv, cuda, dev, cache = (report[k] for k in ("python", "torch", "cuda", "device", "cache"))
     gpus = ", ".join(f"{d['index']}: {d['name']} (sm {d['capability']})" for d in cuda["devices"])
+    trusted = {True: "yes", False: "no", None: "checked when first created"}.get(cache.get("trusted", "n/a"), "n/a")
+    writable = {True: "yes", False: "no"}.get(cache.get("writable", "n/a"), "n/a")
     cache_state = cache.get("error") or (
-        f"{cache.get('artifacts', 0)} artifacts, {cache.get('bytes', 0)} bytes; writable: "
-        f"{cache.get('writable', 'n/a')}, trusted: {cache.get('trusted', 'n/a')}"
+        f"{cache.get('artifacts', 0)} artifacts, {cache.get('bytes', 0)} bytes; writable: {writable}, "
+        f"trusted: {trusted}"
     )
     signing = report["signing_key"]
     signing_state = signing.get("error") or (
