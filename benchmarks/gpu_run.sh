@@ -5,7 +5,7 @@
 #   gpu_run.log            everything this script and its commands printed (set -x trace included)
 #   env.txt                nvidia-smi, CPU, python, the torch/triton/transformers versions
 #   bench-<model>.json     the harness results (written after every phase, so a cut-short run keeps its numbers)
-#   bench-<model>.txt      the rendered table; bench-<model>.png when matplotlib is there
+#   bench-<model>.txt      the rendered table; bench-<model>.md the same as Markdown; .png if matplotlib is there
 #   logs/<model>/...       every phase's own log and result record
 #   pytest-gpu.txt         the `pytest -m gpu` run, if any gpu tests exist
 #   summary.txt            one line per step: its exit code and seconds
@@ -85,6 +85,9 @@ for model in $MODELS; do
   "$PYTHON" -c "import matplotlib" 2>/dev/null && args+=(--plot "$OUT/bench-$model.png")
   step "bench_$model" "$share" "$PYTHON" "${args[@]}" > "$OUT/bench-$model.txt"
   cat "$OUT/bench-$model.txt"
+  # The same as Markdown tables, ready for BENCHMARKS.md.
+  "$PYTHON" -c "import json, sys; from torchkiln.bench.report import to_markdown; print(to_markdown(json.load(open(sys.argv[1]))))" \
+    "$OUT/bench-$model.json" > "$OUT/bench-$model.md" || true
   # Phase logs and records come back too (small text files), for whatever failed.
   mkdir -p "$OUT/logs/$model"
   (cd "$WORK/$model/$model" && find . \( -name '*.log' -o -name '*.json' \) -exec install -D -m 644 {} "$OUT/logs/$model/{}" \;) || true

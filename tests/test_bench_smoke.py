@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 
 from torchkiln.bench import PHASES, BenchConfig, needed_phases, run_bench
-from torchkiln.bench.report import render
+from torchkiln.bench.report import render, to_markdown
 from torchkiln.bench.summary import NUMERIC_FIELDS
 
 
@@ -63,6 +63,8 @@ def test_cli_bench_json_eager(tmp_path: Any) -> None:
     assert run["first_output_s"] > 0 and run["per_call_ms"] > 0 and run["peak_rss_mb"] > 10
     assert eager["summary"]["first_output_s"] == run["first_output_s"]
     assert (tmp_path / "w" / "tiny" / "ref.pt").exists()  # the reference the other phases compare against
+    markdown = to_markdown(results)
+    assert "| eager, first call |" in markdown and "torch " + results["meta"]["torch_version"] in markdown
 
 
 def test_failed_phase_is_reported_not_fatal(tmp_path: Any) -> None:

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from torchkiln.bench.runner import PHASE_TITLES
 
-__all__ = ["render", "render_model", "plot"]
+__all__ = ["render", "render_model", "plot", "to_markdown"]
 
 
 def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
@@ -154,3 +154,40 @@ def plot(results: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown tables (for BENCHMARKS.md): machine line, phases, targets, per model."""
+    meta = results["meta"]
+    device = meta["device"] + (f" ({meta['device_name']})" if meta.get("device_name") else "")
+    load = f"{meta['loadavg_start'][0]:.1f} -> {meta.get('loadavg_end', ['?'])[0]:.1f}"
+    lines = [
+        f"torch {meta.get('torch_version', '?')}, {device}, {meta['cpu']} ({meta['cores']} cores), "
+        f"python {meta['python']}, {meta['date']}, load average {load}, wall {meta.get('wall_s', 0):.0f} s",
+        "",
+    ]
+    for name, model in results["models"].items():
+        lines += [
+            f"**{name}**: {model['description']}",
+            "",
+            "| phase | first output (s) | vs cold | import torch (s) | per call (ms) | artifact "
+            "| peak RSS (MB) | runs ok |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for phase, data in model["phases"].items():
+            s = data["summary"]
+            ratio = model["ratios_vs_cold"].get(phase, 1.0 if phase == "compile_cold" else None)
+            status = f"{s['n_ok']}/{s['n_runs']}"
+            if s["n_ok"] == 0 and s.get("errors"):
+                status += " " + s["errors"][0].splitlines()[0][:80].replace("|", "/")
+            lines.append(
+                f"| {PHASE_TITLES.get(phase, phase)} | {_fmt(s.get('first_output_s'), '.2f')} | {_fmt(ratio, '.3f')} "
+                f"| {_fmt(s.get('import_torch_s'), '.2f')} | {_fmt(s.get('per_call_ms'), '.2f')} "
+                f"| {_size(s.get('artifact_bytes'))} | {_fmt(s.get('peak_rss_mb'), '.0f')} | {status} |"
+            )
+        lines += ["", "| target | value | limit | verdict |", "| --- | ---: | ---: | --- |"]
+        for t in model.get("targets", []):
+            verdict = {True: "met", False: "missed", None: "not measured"}[t["met"]]
+            lines.append(f"| {t['target']} | {_fmt(t['value'], '.3f')} | <= {t['limit']:g} {t['unit']} | {verdict} |")
+        lines.append("")
+    return "\n".join(lines)
