@@ -54,3 +54,14 @@ def raises() -> nn.Module:
 
 
 NOT_CALLABLE = 42
+
+
+def _make_nested() -> object:
+    def nested(x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+    return nested
+
+
+#: A function another process cannot import by name: torchkiln.compile refuses it, the CLI says so (exit 2).
+nested_fn = _make_nested()

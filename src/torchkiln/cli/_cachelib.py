@@ -94,6 +94,7 @@ def resolve_target(spec: str, *, function: bool = False) -> Any:
                 f"--function: TARGET {spec!r} is a {type(obj).__name__}, not a function; "
                 f"drop --function to compile a module (expected {FUNCTION_FORM})"
             )
+        _validate(obj)
         return obj
     if isinstance(obj, torch.nn.Module):
         return obj
@@ -112,6 +113,17 @@ def resolve_target(spec: str, *, function: bool = False) -> Any:
             f"expected {TARGET_FORM}; to compile a function itself, pass --function"
         )
     return built
+
+
+def _validate(target: Any) -> None:
+    """torchkiln.compile's own target check (e.g. no nested functions), reported as a usage error."""
+    from torchkiln import compiler
+    from torchkiln.errors import InvalidTargetError
+
+    try:
+        compiler.validate_target(target)
+    except InvalidTargetError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def resolve_inputs(spec: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
