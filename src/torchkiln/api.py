@@ -38,7 +38,7 @@ from torchkiln.errors import (
 from torchkiln.fingerprint import Fingerprint
 from torchkiln.store import Store, open_store
 
-__all__ = ["CompiledModule", "compile"]
+__all__ = ["CompiledModule", "compile", "request_key"]
 
 log = logging.getLogger("torchkiln")
 
@@ -130,16 +130,15 @@ class CompiledModule:
     def _resolve(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Specialization:
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        device_type = _device_type(self.target, self._is_module, args, kwargs)
-        fingerprint = Fingerprint.current(device_type)
-        key = cache_key.build(
+        key, fingerprint = _request_key(
             self.target,
-            tuple(args),
-            kwargs,
-            options={"backend": self._backend, **self._options},
-            fingerprint=fingerprint,
-            dynamic=self._dynamic,
+            is_module=self._is_module,
+            args=args,
+            kwargs=kwargs,
             name=self._name,
+            dynamic=self._dynamic,
+            backend=self._backend,
+            options=self._options,
         )
         timings["key"] = time.perf_counter() - start
         spec, hit = self._load_or_compile(key, fingerprint, args, kwargs, timings)
@@ -210,9 +209,7 @@ class CompiledModule:
         start = time.perf_counter()
         try:
             with kernels.loading(report):
-                function = compiler.load(
-                    decoded.sections["payload"], is_module=self._is_module, target=self.target
-                )
+                function = compiler.load(decoded.sections["payload"], is_module=self._is_module, target=self.target)
         except Exception as exc:
             raise _load_error(exc, key.key, self.target) from exc
         timings["load"] = time.perf_counter() - start
@@ -312,6 +309,56 @@ class CompiledModule:
             log.warning("could not delete stale artifact %s: %s", key, exc)
 
 
+def _request_key(
+    target: Any,
+    *,
+    is_module: bool,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    name: str | None,
+    dynamic: bool,
+    backend: str,
+    options: Mapping[str, Any],
+) -> tuple[cache_key.CacheKey, Fingerprint]:
+    fingerprint = Fingerprint.current(_device_type(target, is_module, args, kwargs))
+    key = cache_key.build(
+        target,
+        tuple(args),
+        kwargs,
+        options={"backend": backend, **options},
+        fingerprint=fingerprint,
+        dynamic=dynamic,
+        name=name,
+    )
+    return key, fingerprint
+
+
+def request_key(
+    target: Any,
+    example_inputs: Any,
+    example_kwargs: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    dynamic: bool = False,
+    backend: str = "inductor",
+    options: Mapping[str, Any] | None = None,
+) -> cache_key.CacheKey:
+    """The key ``torchkiln.compile`` looks up for these arguments (for ``torchkiln explain`` and tools)."""
+    is_module = compiler.validate_target(target)
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    key, _ = _request_key(
+        target,
+        is_module=is_module,
+        args=args,
+        kwargs=dict(example_kwargs or {}),
+        name=name,
+        dynamic=dynamic,
+        backend=backend,
+        options=options or {},
+    )
+    return key
+
+
 def _qualname(target: Any, is_module: bool) -> str:
     obj = type(target) if is_module else target
     return f"{obj.__module__}.{obj.__qualname__}"
@@ -374,9 +421,7 @@ def compile(
         except StoreError as exc:
             if strict:
                 raise
-            warnings.warn(
-                f"torchkiln: cache unavailable, compiling without it: {exc}", TorchkilnWarning, stacklevel=2
-            )
+            warnings.warn(f"torchkiln: cache unavailable, compiling without it: {exc}", TorchkilnWarning, stacklevel=2)
             store = None
     module = CompiledModule(
         target,

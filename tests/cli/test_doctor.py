@@ -123,7 +123,8 @@ def test_doctor_exits_1_on_too_old_torch(
 
 
 def _status(state: FixState, detail: str = "the probe reproduces the bug") -> FixStatus:
-    return FixStatus("some-fix", "title", "pytorch#1", ">=2.10", None, ("torch.x",), state, detail)
+    failed = detail.startswith("probe could not run")
+    return FixStatus("some-fix", "title", "pytorch#1", ">=2.10", None, ("torch.x",), state, detail, failed)
 
 
 def test_fix_problems() -> None:

@@ -51,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_GROUPS:
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # the group is not built yet / not installed
+        except ImportError as exc:
+            # A group whose optional dependency is missing (or that is broken) must not take the others down.
+            print(f"torchkiln: commands of {module_name} unavailable: {exc}", file=sys.stderr)
+            continue
         module.register(sub)
     return parser
 

@@ -154,26 +154,10 @@ def resolve_inputs(spec: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
 def request_key(
     target: Any, ex_args: tuple[Any, ...], ex_kwargs: dict[str, Any], *, name: str | None, dynamic: bool
 ) -> CacheKey:
-    """The key ``torchkiln.compile(target, ex_args, example_kwargs=ex_kwargs, name=, dynamic=)`` looks up.
+    """The key ``torchkiln.compile(target, ex_args, example_kwargs=ex_kwargs, name=, dynamic=)`` looks up."""
+    from torchkiln import api
 
-    Mirrors ``CompiledModule._resolve`` with the default backend and no extra options (what ``compile`` here
-    passes); ``api.request_key`` would be the better home for this, so the two can never drift apart.
-    """
-    from torchkiln import api, cache_key, compiler
-    from torchkiln.fingerprint import Fingerprint
-
-    is_module = compiler.validate_target(target)
-    # api's own device rule, so `explain` can never disagree with a compile about which fingerprint applies.
-    device_type = api._device_type(target, is_module, ex_args, ex_kwargs)
-    return cache_key.build(
-        target,
-        ex_args,
-        ex_kwargs,
-        options={"backend": "inductor"},
-        fingerprint=Fingerprint.current(device_type),
-        dynamic=dynamic,
-        name=name,
-    )
+    return api.request_key(target, ex_args, ex_kwargs, name=name, dynamic=dynamic)
 
 
 # -- reading artifacts ---------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from torchkiln.errors import StoreError, TorchkilnError, UnsupportedTorchError
 __all__ = ["cache_report", "collect", "fix_problems", "register", "signing_report"]
 
 #: The detail text of a fix whose probe raised (compat.registry._probe); the registry then assumes the bug.
-PROBE_FAILED = "probe could not run"
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +57,7 @@ def fix_problems(before: Sequence[FixStatus], after: Sequence[FixStatus]) -> lis
     problems += [
         f"the probe of fix {s.id} could not run ({s.detail}); report it with this output"
         for s in before
-        if s.detail.startswith(PROBE_FAILED)
+        if s.probe_failed
     ]
     return problems
 

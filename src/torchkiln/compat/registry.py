@@ -30,9 +30,7 @@ log = logging.getLogger("torchkiln.compat")
 
 
 class FixState(str, enum.Enum):
-    NOT_APPLICABLE = (
-        "not-applicable"  # torch lacks the names the fix touches (e.g. torch 2.9's CaptureOutput)
-    )
+    NOT_APPLICABLE = "not-applicable"  # torch lacks the names the fix touches (e.g. torch 2.9's CaptureOutput)
     NOT_NEEDED = "not-needed"  # outside the affected range, or the probe shows no bug on this torch
     NEEDED = "needed"  # the probe shows the bug and the fix is not applied
     APPLIED = "applied"  # the fix is active in this process
@@ -67,6 +65,8 @@ class FixStatus:
     touches: tuple[str, ...]
     state: FixState
     detail: str
+    #: the probe raised: the state is an assumption (doctor treats it as a failed check)
+    probe_failed: bool = False
 
     def to_dict(self) -> dict[str, object]:
         data = dataclasses.asdict(self)
@@ -76,6 +76,8 @@ class FixStatus:
 
 
 _LOCK = threading.Lock()
+#: ids of fixes whose probe raised in this process (their state is an assumption)
+_FAILED_PROBES: set[str] = set()
 
 
 @functools.cache
@@ -105,7 +107,7 @@ def get_fix(fix_id: str) -> Fix:
 
 
 @functools.cache
-def _probe(fix_id: str) -> tuple[bool, str]:
+def _probe(fix_id: str) -> tuple[bool, str, bool]:
     """Run a fix's probe once per process: (bug present?, detail). Probes exercise torch, so cache them."""
     fix = get_fix(fix_id)
     try:
@@ -114,31 +116,31 @@ def _probe(fix_id: str) -> tuple[bool, str]:
         # A probe that cannot run proves nothing. Inside the affected range the conservative answer is "needed":
         # every fix here only adds what a save would otherwise lack, so applying it where the bug is absent is a
         # no-op, while skipping it where the bug lives breaks every load.
-        log.warning(
-            "probe for fix %s failed (%s: %s); assuming the bug is present", fix_id, type(exc).__name__, exc
-        )
-        return True, f"probe could not run ({type(exc).__name__}: {exc}); assumed present"
-    return present, "the probe reproduces the bug" if present else "the probe shows no bug"
+        log.warning("probe for fix %s failed (%s: %s); assuming the bug is present", fix_id, type(exc).__name__, exc)
+        _FAILED_PROBES.add(fix_id)
+        return True, f"probe could not run ({type(exc).__name__}: {exc}); assumed present", True
+    return present, "the probe reproduces the bug" if present else "the probe shows no bug", False
 
 
 def status(fix_id: str) -> FixStatus:
     fix = get_fix(fix_id)
 
-    def make(state: FixState, detail: str) -> FixStatus:
+    def make(state: FixState, detail: str, probe_failed: bool = False) -> FixStatus:
         return FixStatus(
-            fix.id, fix.title, fix.upstream, str(fix.affected), fix.fixed_in, fix.touches, state, detail
+            fix.id, fix.title, fix.upstream, str(fix.affected), fix.fixed_in, fix.touches, state, detail, probe_failed
         )
 
     if not fix.targets_exist():
         return make(FixState.NOT_APPLICABLE, f"torch {torch_version()} lacks {', '.join(fix.touches)}")
     if not in_range(fix.affected):
-        return make(
-            FixState.NOT_NEEDED, f"torch {torch_version()} is outside the affected range {fix.affected}"
-        )
+        return make(FixState.NOT_NEEDED, f"torch {torch_version()} is outside the affected range {fix.affected}")
     if fix.is_applied():
-        return make(FixState.APPLIED, "active in this process")
-    present, detail = _probe(fix.id)
-    return make(FixState.NEEDED if present else FixState.NOT_NEEDED, detail)
+        failed = fix.id in _FAILED_PROBES
+        return make(
+            FixState.APPLIED, "active in this process" + ("; its probe could not run" if failed else ""), failed
+        )
+    present, detail, failed = _probe(fix.id)
+    return make(FixState.NEEDED if present else FixState.NOT_NEEDED, detail, failed)
 
 
 def apply_fixes(ids: Sequence[str] | None = None) -> list[FixStatus]:
