@@ -99,9 +99,7 @@ class _Layout:
     signed: bool
 
 
-def encode(
-    header: Mapping[str, Any], sections: Mapping[str, bytes], *, signing_key: bytes | None = None
-) -> bytes:
+def encode(header: Mapping[str, Any], sections: Mapping[str, bytes], *, signing_key: bytes | None = None) -> bytes:
     """Serialize ``header`` (JSON-able, reserved keys excluded) and ``sections`` into one artifact.
 
     With ``signing_key`` the artifact is signed (HMAC-SHA256 over every byte before the signature).
@@ -245,8 +243,7 @@ def signing_key_from_env(environ: Mapping[str, str] | None = None) -> bytes | No
             raise TorchkilnError(
                 f"{ENV_SIGNING_KEY} is set but empty",
                 where=ENV_SIGNING_KEY,
-                fix="set it to the fleet's secret key (32+ random bytes), or unset it to accept unsigned "
-                "artifacts",
+                fix="set it to the fleet's secret key (32+ random bytes), or unset it to accept unsigned artifacts",
             )
         # os.environ carries undecodable bytes as lone surrogates; surrogateescape gives the bytes back.
         return text.encode("utf-8", "surrogateescape")
@@ -258,9 +255,7 @@ def signing_key_from_env(environ: Mapping[str, str] | None = None) -> bytes | No
 def _read_key_file(path: str) -> bytes:
     fix_read = f"point {ENV_SIGNING_KEY_FILE} at a readable file that holds the key"
     if not path:
-        raise TorchkilnError(
-            f"{ENV_SIGNING_KEY_FILE} is set but empty", where=ENV_SIGNING_KEY_FILE, fix=fix_read
-        )
+        raise TorchkilnError(f"{ENV_SIGNING_KEY_FILE} is set but empty", where=ENV_SIGNING_KEY_FILE, fix=fix_read)
     try:
         with open(path, "rb") as handle:
             mode = os.fstat(handle.fileno()).st_mode
@@ -337,9 +332,7 @@ def _read_header(view: memoryview, where: str) -> _Layout:
 def _parse_json(raw: bytes, where: str) -> dict[str, Any]:
     try:
         # Strict UTF-8 first: json.loads(bytes) would also guess UTF-16/32, which the format does not allow.
-        header = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise _corrupt(f"header is not valid JSON: {exc}", where) from exc
     if not isinstance(header, dict):

@@ -103,9 +103,7 @@ class _SerializableGuardFilter:
                 reasons.append(f"type {entry.guard_type}")
             reasons += [f"derived {t}" for t in derived if t in self.unsupported]
             if reasons:
-                self.dropped.append(
-                    {"name": entry.name, "guard_type": entry.guard_type, "why": ", ".join(reasons)}
-                )
+                self.dropped.append({"name": entry.name, "guard_type": entry.guard_type, "why": ", ".join(reasons)})
             keep.append(not reasons)
         return keep
 
@@ -202,9 +200,7 @@ def compile_target(
     start = time.perf_counter()
     statuses = compat.apply_fixes()
     seconds["fixes"] = time.perf_counter() - start
-    guard_filter = _SerializableGuardFilter(
-        frozenset(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
-    )
+    guard_filter = _SerializableGuardFilter(frozenset(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES))
     compile_options: dict[str, Any] = dict(options or {})
     compile_options["guard_filter_fn"] = guard_filter
     fn: Callable[..., Any] = _entry.call_module if is_module else target
@@ -212,9 +208,7 @@ def compile_target(
     start = time.perf_counter()
     try:
         with compat.compile_scope():
-            wrapper: Any = torch.compile(
-                fn, fullgraph=True, dynamic=dynamic, backend=backend, options=compile_options
-            )
+            wrapper: Any = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=compile_options)
             compiled = wrapper.aot_compile((call_args(target, is_module, args), dict(kwargs)))
         seconds["aot_compile"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -28,6 +28,4 @@ def unsaved_runtime_refs(fn: Callable[..., Any], args: tuple[Any, ...]) -> set[s
         capture = convert_frame.fullgraph_capture(fn, args, {})
     env = capture.graph_capture_output.get_runtime_env()
     available = set(env.used_globals) | set(env.import_sources)
-    return {
-        ref for ref in env.external_refs if ref not in available and not ref.startswith(_BACKEND_ID_PREFIX)
-    }
+    return {ref for ref in env.external_refs if ref not in available and not ref.startswith(_BACKEND_ID_PREFIX)}

@@ -156,9 +156,7 @@ class LocalStore:
         return self.dir / (key + ARTIFACT_SUFFIX)
 
     def _error(self, what: str, exc: OSError, key: str | None = None) -> StoreError:
-        return StoreError(
-            f"{what}: {exc.strerror or exc}", where=self._where(key), fix=_fix_for(exc, self.root)
-        )
+        return StoreError(f"{what}: {exc.strerror or exc}", where=self._where(key), fix=_fix_for(exc, self.root))
 
     def _prepare(self, *, create: bool) -> bool:
         """Check (and with ``create``, make) the root and its ``v1`` dir; ``False`` if absent and not created.
@@ -338,9 +336,7 @@ class LocalStore:
         same reason).
         """
         if max_size < 0:
-            raise StoreError(
-                f"gc max_size must be >= 0, got {max_size}", where=self._where(), fix="pass a size"
-            )
+            raise StoreError(f"gc max_size must be >= 0, got {max_size}", where=self._where(), fix="pass a size")
         try:
             if not self._prepare(create=False):
                 return []
@@ -364,9 +360,7 @@ class LocalStore:
                 if max(st.st_atime, st.st_mtime) > entry.last_used:
                     continue  # read since the scan: no longer the least recently used one
                 path.unlink()
-            except (
-                FileNotFoundError
-            ):  # another gc or a delete got there first; it no longer counts either way
+            except FileNotFoundError:  # another gc or a delete got there first; it no longer counts either way
                 total -= entry.size
                 continue
             total -= entry.size

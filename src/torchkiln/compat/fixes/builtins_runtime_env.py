@@ -46,9 +46,7 @@ def safe_builtins_dict(builtins_dict: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-def fill_builtin_refs(
-    used_globals: dict[str, Any], external_refs: set[str], f_globals: Mapping[str, Any]
-) -> None:
+def fill_builtin_refs(used_globals: dict[str, Any], external_refs: set[str], f_globals: Mapping[str, Any]) -> None:
     """Upstream's loop: give every builtin the bytecode loads a saved value."""
     for ref in external_refs:
         if ref in used_globals:
