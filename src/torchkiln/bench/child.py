@@ -67,6 +67,8 @@ def _prepare(
     """Compile or load for ``phase``; return a zero-argument call and facts about the artifact."""
     import torch
 
+    from torchkiln.bench import models
+
     info: dict[str, Any] = {}
     artifact: str = spec.get("artifact") or ""
     if phase == "eager":
@@ -87,8 +89,7 @@ def _prepare(
         return lambda: runner(*inputs), info
     if phase == "aot_raw":
         info["artifact_bytes"] = Path(artifact).stat().st_size
-        loaded = torch.compiler.load_compiled_function(io.BytesIO(Path(artifact).read_bytes()))
-        # The unbound forward was compiled with the module as its first argument, so weights stay out of it.
+        loaded = torch.compiler.load_compiled_function(io.BytesIO(Path(artifact).read_bytes()), f_globals=vars(models))
         return lambda: loaded(model, *inputs), info
     if phase in ("tk_miss", "tk_hit_empty", "tk_hit_warm"):
         import torchkiln
@@ -102,6 +103,8 @@ def _prepare(
 def _save_prep(kind: str, spec: dict[str, Any], model: Any, inputs: tuple[Any, ...]) -> int:
     """Build an artifact a load phase needs (after the measured work); return its size in bytes."""
     import torch
+
+    from torchkiln.bench import models
 
     path = spec["save"]
     if kind == "megacache":
@@ -117,7 +120,9 @@ def _save_prep(kind: str, spec: dict[str, Any], model: Any, inputs: tuple[Any, .
         # torch 2.11 ships aot_compile behind this flag (2.13 has it on by default): what a user sets too.
         torch._dynamo.config.enable_aot_compile = True
         # aot_compile is set on the wrapper at run time; typing does not know it.
-        wrapper: Any = torch.compile(type(model).forward, fullgraph=True)
+        # A plain module-level function that calls the module: a decorated forward (transformers') cannot be
+        # pickled by reference, and the module stays an argument, so its weights stay out of the artifact.
+        wrapper: Any = torch.compile(models.call_module, fullgraph=True)
         fn = wrapper.aot_compile(((model, *inputs), {}))
         fn.save_compiled_function(path)
     else:

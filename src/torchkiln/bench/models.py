@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["MODELS", "build_model", "model_description"]
+__all__ = ["MODELS", "build_model", "call_module", "model_description"]
 
 #: Name -> one-line description (shown in the results' metadata).
 MODELS: dict[str, str] = {
@@ -92,3 +92,8 @@ def _vit() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 
 _BUILDERS = {"demo": _demo, "gpt2": _gpt2, "vit": _vit, "tiny": _tiny}
+
+
+def call_module(module: Any, *args: Any) -> Any:
+    """The function the raw ``aot_compile`` phase compiles: the module is an argument, not a constant."""
+    return module(*args)
