@@ -27,6 +27,7 @@ import getpass
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import re
@@ -52,6 +53,8 @@ __all__ = [
     "recording",
     "restore",
 ]
+
+_log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = 1
 MANIFEST = "MANIFEST.json"
@@ -202,8 +205,12 @@ def recording() -> Iterator[KernelRecording]:
         rec.isa = _picked_isa()
         rec.cpu = _cpu_digest()
         rec.files = _collect(private)
-        # The user's own cache gets the kernels too, so a plain torch.compile benefits.
-        _write_files(rec.files, user_dirs)
+        # The user's own cache gets the kernels too, so a plain torch.compile benefits. A courtesy:
+        # the artifact does not depend on it, so a failure is logged, not raised.
+        try:
+            _write_files(rec.files, user_dirs)
+        except (OSError, ArtifactCorruptError) as exc:
+            _log.warning("could not copy compiled kernels into %s: %s", user_dirs[0], exc)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
@@ -344,9 +351,7 @@ def restore(bundle: bytes) -> RestoreReport:
         manifest = _read_manifest(zf)
         dirs = _cache_dirs_without_inductor()
         settings = {
-            key: bool(value)
-            for key, value in dict(manifest.get("settings") or {}).items()
-            if key in PINNED_SETTINGS
+            key: bool(value) for key, value in dict(manifest.get("settings") or {}).items() if key in PINNED_SETTINGS
         }
         cpu_matches = manifest.get("cpu") in (None, _cpu_digest())
         written = present = nbytes = 0
@@ -397,8 +402,7 @@ def _write_new(target: Path, data: bytes, dirs: list[Path]) -> bool:
     target.parent.mkdir(parents=True, exist_ok=True)
     real_parent = os.path.realpath(target.parent)
     if not any(
-        real_parent == os.path.realpath(d) or real_parent.startswith(os.path.realpath(d) + os.sep)
-        for d in dirs
+        real_parent == os.path.realpath(d) or real_parent.startswith(os.path.realpath(d) + os.sep) for d in dirs
     ):
         raise _corrupt(f"kernel bundle target {target} resolves outside the cache dirs (symlink)")
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tkln")
@@ -436,6 +440,10 @@ def loading(report: RestoreReport | None = None) -> Iterator[None]:
     Inductor, told to trust the ISAs this CPU reports, picks the same one: then the
     ``valid_vec_isa_list`` cache holds it and no dry-compile/``dlopen`` probe runs. Otherwise the
     cache is cleared and Inductor probes as usual (and compiles kernels for the ISA it picks).
+    On AVX-512/AMX hosts the extra bf16/VNNI/AMX probes ignore ``vec_isa_ok``: their built files
+    are in the bundle (when the recording was the process's first Inductor compile), so no
+    compiler runs, but each still spawns a ``dlopen`` subprocess (torch 2.11: one that imports
+    torch).
     """
     from torch._inductor import config
 
