@@ -1,0 +1,157 @@
+"""Save or load round-trip jobs in THIS process; the tests and tools/compat_matrix.py run it twice per batch.
+
+    python tests/compat/roundtrip.py save DIR PATH/CASE/VARIANT ...
+    python tests/compat/roundtrip.py load DIR PATH/CASE/VARIANT ...
+
+A job is ``PATH/CASE/VARIANT``: CASE from roundtrip_cases.CASES; VARIANT ``all``, ``none`` or ``-FIX_ID`` (every
+fix but that one). ``save`` makes exactly the variant's fixes active (``torchkiln.apply_fixes([...])``, ``revert``
+for the rest), compiles the case and writes it under DIR; ``load`` (a fresh process: the builtins bug does not
+show in the process that compiled) loads it with NO fix applied, since every fix repairs what torch saves, and
+compares the result with eager. ``raw`` uses torch's API directly (``torch.compile(fn, fullgraph=True)
+.aot_compile(((x,), {}))``, ``save_compiled_function``, ``torch.compiler.load_compiled_function(f, f_globals=...)``);
+``kiln`` goes through ``torchkiln.compile(target, inputs, cache=...)`` (the load is ``strict=True``: a failed load
+raises instead of recompiling). Several jobs share a process because each process pays ~5 s for ``import torch``,
+a few seconds of probes and ~20 s for its first Inductor compile on 2 busy cores; save and load never share one.
+The last stdout line is ``ROUNDTRIP {json}``; a failing job is a result, not a crash (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import roundtrip_cases as cases
+import torch
+
+import torchkiln
+from torchkiln import _entry, compat
+
+MARKER = "ROUNDTRIP "
+
+
+def _error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0][:600] if text else type(exc).__name__
+
+
+def _raw_save(case: cases.Case, target: Any, args: tuple[Any, ...], out: Path) -> Any:
+    from torch._dynamo.guards import CheckFunctionManager
+
+    from torchkiln.compiler import _SerializableGuardFilter
+
+    options: dict[str, Any] = {}
+    fn = target
+    if case.module:
+        # A module goes through torchkiln's module-level entry (a decorated forward cannot be pickled), with the
+        # guard filter torchkiln uses: transformers models carry guards torch's serializer rejects.
+        fn, args = _entry.call_module, (target, *args)
+        options["guard_filter_fn"] = _SerializableGuardFilter(
+            frozenset(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
+        )
+    with compat.compile_scope():  # enters enable-aot-compile's scope only if that fix was applied
+        wrapper: Any = torch.compile(fn, fullgraph=True, backend=case.backend, options=options or None)
+        compiled = wrapper.aot_compile((args, {}))
+    compiled.save_compiled_function(str(out / "compiled.bin"))
+    return compiled(*args)
+
+
+def _raw_load(case: cases.Case, target: Any, args: tuple[Any, ...], out: Path) -> Any:
+    f_globals = vars(_entry) if case.module else vars(cases)
+    with open(out / "compiled.bin", "rb") as handle:
+        compiled = torch.compiler.load_compiled_function(handle, f_globals=f_globals)
+    return compiled(*((target, *args) if case.module else args))
+
+
+def parse_job(job: str) -> tuple[str, cases.Case, str]:
+    """``PATH/CASE/VARIANT`` -> (path, case, variant); VARIANT is ``all``, ``none`` or ``-FIX_ID`` (all but one)."""
+    path, name, variant = job.split("/", 2)
+    if path not in ("raw", "kiln") or name not in cases.CASES:
+        raise SystemExit(f"bad job {job!r}: PATH is raw or kiln, CASE one of {sorted(cases.CASES)}")
+    known = [fix.id for fix in compat.fixes()]
+    if variant not in ("all", "none") and variant.removeprefix("-") not in known:
+        raise SystemExit(f"bad variant in {job!r}: all, none or -FIX_ID with FIX_ID one of {known}")
+    if path == "kiln" and variant != "all":
+        raise SystemExit(f"bad job {job!r}: torchkiln.compile applies every needed fix, so kiln jobs are */all")
+    return path, cases.CASES[name], variant
+
+
+def _set_fixes(variant: str) -> list[str]:
+    """Make exactly the variant's fixes active (revert the others); returns the ids now applied."""
+    wanted = {fix.id for fix in compat.fixes()}
+    if variant == "none":
+        wanted = set()
+    elif variant.startswith("-"):
+        wanted.discard(variant[1:])
+    for fix in compat.fixes():
+        if fix.id not in wanted and fix.is_applied():
+            fix.revert()
+    statuses = torchkiln.apply_fixes(sorted(wanted)) if wanted else []
+    return [s.id for s in statuses if s.state is compat.FixState.APPLIED]
+
+
+def run_job(phase: str, job: str, root: Path) -> dict[str, Any]:
+    import torch._dynamo.config as dynamo_config
+
+    path, case, variant = parse_job(job)
+    out = root / job.replace("/", "_")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    report: dict[str, Any] = {"job": job, "phase": phase}
+    # Loads apply no fix: every fix repairs what torch saves, and a fresh process must load the bytes as they are.
+    # A kiln job starts with every fix reverted: torchkiln.compile must apply what it needs by itself.
+    report["applied"] = _set_fixes("none" if path == "kiln" else variant) if phase == "save" else []
+    saved = out / "save.json"
+    if phase == "load" and saved.is_file() and not json.loads(saved.read_text())["ok"]:
+        return {**report, "ok": False, "skipped": True, "error": "nothing to load: the save failed"}
+    target, args = case.make()
+    with torch.no_grad():
+        expected = target(*args)
+        try:
+            if path == "raw":
+                result = (_raw_save if phase == "save" else _raw_load)(case, target, args, out)
+            else:
+                cache = out / "cache"
+                compiled = torchkiln.compile(target, args, cache=cache, backend=case.backend, strict=phase == "load")
+                report["hit"] = compiled.hit
+                report["fixes_applied"] = compiled.header.get("fixes_applied")  # recorded in the artifact
+                result = compiled(*args)
+        except Exception as exc:
+            report.update(ok=False, error=_error(exc), traceback=traceback.format_exc(limit=-6))
+        else:
+            correct = cases.same(result, expected)
+            report.update(ok=correct, error=None if correct else "wrong result")
+    report["aot_flag_after"] = bool(getattr(dynamo_config, "enable_aot_compile", False))
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    if phase == "save":
+        saved.write_text(json.dumps(report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("phase", choices=("save", "load"))
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("jobs", nargs="+", metavar="PATH/CASE/VARIANT")
+    ns = parser.parse_args(argv)
+    import torch._dynamo.config as dynamo_config
+
+    # What the running torch is and which fixes it needs, before this process changes anything.
+    header: dict[str, Any] = {"torch": torch.__version__, "phase": ns.phase}
+    header["aot_flag"] = bool(getattr(dynamo_config, "enable_aot_compile", False))
+    if ns.phase == "save":
+        header["fixes"] = [status.to_dict() for status in torchkiln.fixes()]
+    reports = [run_job(ns.phase, job, ns.dir) for job in ns.jobs]
+    # enable-aot-compile is scoped: after every compile above, the flag and a plain torch.compile are untouched.
+    header["aot_flag_after"] = bool(getattr(dynamo_config, "enable_aot_compile", False))
+    header["aot_attr_after"] = hasattr(torch.compile(cases.plus_one, fullgraph=True), "aot_compile")
+    sys.stdout.write(MARKER + json.dumps({"header": header, "jobs": reports}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
