@@ -204,7 +204,13 @@ class CompiledModule:
             )
         timings["decode"] = time.perf_counter() - start
         start = time.perf_counter()
-        report = kernels.restore(decoded.sections["kernels"]) if "kernels" in decoded.sections else None
+        report = None
+        if "kernels" in decoded.sections:
+            try:
+                report = kernels.restore(decoded.sections["kernels"])
+            except OSError as exc:
+                # An unwritable Inductor cache costs speed (kernels are rebuilt at load), not correctness.
+                log.warning("could not restore the kernels of %s into the Inductor cache: %s", key.key, exc)
         timings["restore_kernels"] = time.perf_counter() - start
         start = time.perf_counter()
         try:

@@ -50,7 +50,7 @@ _X86_ISA_FLAG = re.compile(
 
 
 @functools.cache
-def _cpu_isa() -> tuple[str, ...] | None:
+def cpu_isa_extensions() -> tuple[str, ...] | None:
     """Instruction-set extensions of this CPU, sorted; ``None`` where /proc/cpuinfo is absent (macOS)."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -226,7 +226,7 @@ def _current(device_type: str) -> Fingerprint:
         device_name=device_name,
         device_capability=capability,
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
-        cpu_isa=_cpu_isa() if device_type == "cpu" else None,
+        cpu_isa=cpu_isa_extensions() if device_type == "cpu" else None,
         machine=platform.machine(),
         system=platform.system(),
         format_version=_format_version(),

@@ -139,19 +139,17 @@ def _cache_dirs_without_inductor() -> list[Path]:
 
 
 def _cpu_digest() -> str:
-    """A digest of the CPU features kernels may use.
+    """A digest of the CPU instruction-set extensions kernels may use.
 
     Inductor builds CPU kernels with ``-march=native`` but the flag, not the host, enters the
     cache key: a .so built on an AVX-512 host has the same name on an AVX2 host and would crash
-    there with SIGILL. So bundles only restore onto hosts with the same feature flags.
+    there with SIGILL. So bundles only restore onto hosts with the same extensions. Only the ISA
+    extensions count (the fingerprint's rule): flags such as ``hypervisor`` or mitigation bits
+    differ between hosts of one CPU model and must not block a restore.
     """
-    flags = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith(("flags", "Features", "features")):
-                flags = " ".join(sorted(line.split(":", 1)[1].split()))
-                break
-    text = f"{platform.machine()}|{sys.platform}|{flags}"
+    from torchkiln.fingerprint import cpu_isa_extensions
+
+    text = f"{platform.machine()}|{sys.platform}|{' '.join(cpu_isa_extensions() or ())}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
