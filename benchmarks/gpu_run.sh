@@ -55,11 +55,17 @@ remaining() { echo $((BUDGET_S - ($(date +%s) - START))); }
   "$PYTHON" -m pip list 2>/dev/null | grep -iE '^(torch|triton|transformers|rich|platformdirs|filelock|fsspec|matplotlib|pytest) ' || true
 } > "$OUT/env.txt" 2>&1
 
-# Editable install without dependencies; if the build backend is missing offline, PYTHONPATH above stands in.
-# SKIP_INSTALL=1 (local dry runs) leaves the Python environment untouched.
-[ "${SKIP_INSTALL:-0}" = 1 ] || step install 120 "$PYTHON" -m pip install --no-deps --no-build-isolation -e . \
-  || step install_isolated 120 "$PYTHON" -m pip install --no-deps -e . \
-  || echo "editable install failed: using PYTHONPATH=$PWD/src"
+# Editable install without dependencies, offline. Building it needs hatchling; without it (or with
+# SKIP_INSTALL=1, for local dry runs) nothing is installed and PYTHONPATH above stands in: pip must not go
+# looking for a build backend on a machine without network (it would only time out).
+if [ "${SKIP_INSTALL:-0}" = 1 ]; then
+  echo "SKIP_INSTALL=1: using PYTHONPATH=$PWD/src"
+elif "$PYTHON" -c "import hatchling" 2>/dev/null; then
+  PIP_NO_INDEX=1 step install 120 "$PYTHON" -m pip install --no-deps --no-build-isolation -e . \
+    || echo "editable install failed: using PYTHONPATH=$PWD/src"
+else
+  echo "hatchling is not installed (needed to build torchkiln offline): using PYTHONPATH=$PWD/src"
+fi
 step sanity 120 "$PYTHON" -c "
 import torch, torchkiln
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.version.cuda)
@@ -83,7 +89,26 @@ for model in $MODELS; do
         --out "$OUT/bench-$model.json")
   [ -n "$PHASES" ] && args+=(--phases "$PHASES")
   "$PYTHON" -c "import matplotlib" 2>/dev/null && args+=(--plot "$OUT/bench-$model.png")
-  step "bench_$model" "$share" "$PYTHON" "${args[@]}" > "$OUT/bench-$model.txt"
+  if "$PYTHON" -c "import rich" 2>/dev/null; then
+    step "bench_$model" "$share" "$PYTHON" "${args[@]}" > "$OUT/bench-$model.txt"
+  else
+    # rich (the CLI's tables) is missing: drive the harness directly; JSON only.
+    echo "rich is not installed: running the harness without the CLI" | tee "$OUT/bench-$model.txt"
+    step "bench_$model" "$share" "$PYTHON" -c '
+import json, os, sys
+from torchkiln.bench import BenchConfig, run_bench
+model, device, reps, calls, timeout, deadline, workdir, out, phases = sys.argv[1:10]
+def write(results):
+    with open(out + ".tmp", "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    os.replace(out + ".tmp", out)
+extra = {"phases": phases.split(",")} if phases else {}
+config = BenchConfig(models=[model], device=device, reps=int(reps), calls=int(calls), timeout_s=float(timeout),
+                     deadline_s=float(deadline), workdir=workdir, **extra)
+write(run_bench(config, progress=print, on_update=write))
+' "$model" "$DEVICE" "$REPS" "$CALLS" "$PHASE_TIMEOUT_S" "$((share - 15))" "$WORK/$model" \
+      "$OUT/bench-$model.json" "$PHASES"
+  fi
   cat "$OUT/bench-$model.txt"
   # The same as Markdown tables, ready for BENCHMARKS.md.
   "$PYTHON" -c "import json, sys; from torchkiln.bench.report import to_markdown; print(to_markdown(json.load(open(sys.argv[1]))))" \
