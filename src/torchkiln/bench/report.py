@@ -91,7 +91,12 @@ def render_model(name: str, model: dict[str, Any]) -> Group:
         parts.append(Text("artifacts for the load phases:\n" + "\n".join(lines)))
     timings = model["phases"].get("tk_hit_empty", {}).get("summary", {}).get("tk_timings")
     if timings:
-        where = Table(title="where the torchkiln hit's time went (empty caches, median .timings)", title_justify="left")
+        # min_width: else rich wraps the title to the width of the two narrow columns.
+        where = Table(
+            title="where the torchkiln hit's time went (empty caches, median .timings)",
+            title_justify="left",
+            min_width=70,
+        )
         where.add_column("step")
         where.add_column("seconds", justify="right")
         for step, seconds in timings.items():
