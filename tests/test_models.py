@@ -13,6 +13,8 @@ import shutil
 from typing import Any
 
 import pytest
+import torch
+from packaging.version import Version
 
 from helpers.procs import run_child
 
@@ -21,6 +23,11 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("g++") is None, reason="Inductor's CPU backend needs g++"),
 ]
+
+#: Where a model cannot compile fullgraph on an older torch: (model, first good torch, the error torch raises).
+#: Llava's image-token mask (``inputs_embeds[special_image_mask]``) has a data-dependent size; torch 2.11's Dynamo
+#: loses that unbacked symbol (``PendingUnbackedSymbolNotFound``), torch 2.13 traces it. See docs/MODELS.md.
+KNOWN_TORCH_LIMITS = {"llava": (Version("2.13.0.dev0"), "PendingUnbackedSymbolNotFound")}
 
 #: float32: Inductor fuses and reorders reductions, eager does not; logits of a random tiny model are O(1).
 ATOL = 1e-4
@@ -48,6 +55,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, dict[s
 @pytest.mark.parametrize("name", list(MODELS))
 def test_model_round_trip_matches_eager(runs: dict[str, dict[str, dict[str, Any]]], name: str) -> None:
     built, loaded = runs[name]["built"], runs[name]["loaded"]
+    limit = KNOWN_TORCH_LIMITS.get(name)
+    if limit and Version(torch.__version__) < limit[0] and built["error"] and limit[1] in built["error"]["message"]:
+        pytest.xfail(f"{name} needs torch >= {limit[0].base_version}: {built['error']['message'][:300]}")
     assert built["error"] is None, built["error"]["message"]
     assert built["hit"] is False
     assert built["warnings"] == []
