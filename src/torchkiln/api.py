@@ -156,20 +156,21 @@ class CompiledModule:
 
     def _try_load(
         self, key: cache_key.CacheKey, fingerprint: Fingerprint, timings: dict[str, float]
-    ) -> _Specialization | None:
+    ) -> tuple[_Specialization | None, bool]:
+        """(the loaded specialization or None, whether the store had an artifact for the key at all)."""
         if self._store is None:
-            return None
+            return None, False
         start = time.perf_counter()
         try:
             data = self._store.get(key.key)
         except StoreError as exc:
             self._fallback(exc, f"cannot read the cache for {key.key}")
-            return None
+            return None, False
         timings["store_get"] = time.perf_counter() - start
         if data is None:
-            return None
+            return None, False
         try:
-            return self._load(key, fingerprint, data, timings)
+            return self._load(key, fingerprint, data, timings), True
         except StaleArtifactError as exc:
             # A source file changed: the artifact is outdated, not broken. Replace it (the caller holds no lock
             # here, so a concurrent loader may still read the old object: it is stale, not torn).
@@ -179,7 +180,7 @@ class CompiledModule:
             self._delete_quietly(key.key)
         except TorchkilnError as exc:
             self._fallback(exc, f"cannot use the cached artifact {key.key}")
-        return None
+        return None, True
 
     def _load(
         self, key: cache_key.CacheKey, fingerprint: Fingerprint, data: bytes, timings: dict[str, float]
@@ -229,7 +230,7 @@ class CompiledModule:
         kwargs: Mapping[str, Any],
         timings: dict[str, float],
     ) -> tuple[_Specialization, bool]:
-        spec = self._try_load(key, fingerprint, timings)
+        spec, found = self._try_load(key, fingerprint, timings)
         if spec is not None:
             return spec, True
         if self._store is None:
@@ -239,10 +240,12 @@ class CompiledModule:
         try:
             with self._store.lock(key.key, timeout):
                 timings["lock_wait"] = time.perf_counter() - start
-                # Another process may have published while this one waited: load theirs.
-                spec = self._try_load(key, fingerprint, timings)
-                if spec is not None:
-                    return spec, True
+                # Another process may have published while this one waited: load theirs. (If an artifact was
+                # there and unusable, it is not read and unpickled a second time: it gets replaced.)
+                if not found:
+                    spec, _ = self._try_load(key, fingerprint, timings)
+                    if spec is not None:
+                        return spec, True
                 return self._compile(key, fingerprint, args, kwargs, timings), False
         except StoreError as exc:
             self._fallback(exc, f"cannot take the compile lock for {key.key}")
@@ -269,6 +272,18 @@ class CompiledModule:
                 options=self._options,
             )
         timings["compile"] = time.perf_counter() - start
+        function = compiler.LoadedFunction(result.function)
+        if result.payload is None:
+            # Compiled but not saveable (e.g. it names a class defined in __main__): still run it compiled here.
+            self._fallback(
+                CompileError(
+                    f"torch compiled {key.key} but could not save it: {result.save_error}",
+                    where=key.key,
+                    fix=compiler.hint_for(result.save_error or ""),
+                ),
+                "the artifact cannot be saved; it runs compiled in this process only",
+            )
+            return _Specialization(key.key, function, {}, 0)
         start = time.perf_counter()
         header = {
             "torchkiln_version": __version__,
@@ -290,7 +305,6 @@ class CompiledModule:
         )
         timings["encode"] = time.perf_counter() - start
         self._publish(key.key, data, timings)
-        function = compiler.LoadedFunction(result.function)
         return _Specialization(key.key, function, header, len(data))
 
     def _publish(self, key: str, data: bytes, timings: dict[str, float]) -> None:

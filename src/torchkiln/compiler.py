@@ -17,6 +17,7 @@ Loading unpickles: callers hand this module bytes that artifact.py has already v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -24,7 +25,7 @@ import io
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +46,26 @@ log = logging.getLogger("torchkiln.compiler")
 
 #: Settings transformers models need to trace fullgraph, matched against torch's error text -> advice.
 _FULLGRAPH_HINTS: tuple[tuple[str, str], ...] = (
+    ("DynamicCache", "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph"),
+    ("past_key_values", "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph"),
+    ("StaticCache", "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph"),
     (
-        "DynamicCache",
-        "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph",
-    ),
-    ("Cache", "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph"),
-    (
-        "data-dependent",
-        "avoid data-dependent Python control flow in forward, or mark the branch with torch.cond",
+        "PendingUnbackedSymbolNotFound",
+        "a data-dependent size (e.g. a vision-language model's image-token mask) that this torch cannot trace "
+        "fullgraph; torch >= 2.13 compiles Llava-style models (docs/MODELS.md)",
     ),
     (
-        "Graph break",
-        "the target must trace as one graph (fullgraph=True): remove the graph break named above",
+        "could not get source code",
+        "torch needs the source file of the code it compiles: define the model in a .py file (an importable "
+        "module), not in python -c, stdin or exec()",
     ),
+    (
+        "on __main__",
+        "a class or function defined in the script you run (module __main__) cannot be saved by name: move the "
+        "model code into an importable module (e.g. mymodel.py) and import it",
+    ),
+    ("data-dependent", "avoid data-dependent Python control flow in forward, or mark the branch with torch.cond"),
+    ("Graph break", "the target must trace as one graph (fullgraph=True): remove the graph break named above"),
 )
 
 
@@ -111,12 +119,13 @@ class _SerializableGuardFilter:
 @dataclasses.dataclass
 class CompileResult:
     function: Any  # torch's AOTCompiledFunction, callable
-    payload: bytes
+    payload: bytes | None  # None when torch compiled the target but could not serialize it (see save_error)
     dropped_guards: list[dict[str, Any]]
     inlined_sources: list[dict[str, Any]]
     device_type: str
     fixes_applied: list[str]
     seconds: dict[str, float]
+    save_error: str | None = None
 
 
 #: Inlined sources from these packages are not checked: the fingerprint pins their exact build already.
@@ -175,7 +184,7 @@ def inlined_sources_changed(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return changed
 
 
-def _hint_for(message: str) -> str:
+def hint_for(message: str) -> str:
     for needle, hint in _FULLGRAPH_HINTS:
         if needle in message:
             return hint
@@ -210,17 +219,22 @@ def compile_target(
         with compat.compile_scope():
             wrapper: Any = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=compile_options)
             compiled = wrapper.aot_compile((call_args(target, is_module, args), dict(kwargs)))
-        seconds["aot_compile"] = time.perf_counter() - start
-        start = time.perf_counter()
-        payload = _serialize(compiled)
-        seconds["serialize"] = time.perf_counter() - start
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         raise CompileError(
-            f"torch could not compile and save {where} fullgraph: {message.splitlines()[0][:2000]}",
+            f"torch could not compile {where} fullgraph: {message.splitlines()[0][:2000]}",
             where=where,
-            fix=_hint_for(message),
+            fix=hint_for(message),
         ) from exc
+    seconds["aot_compile"] = time.perf_counter() - start
+    start = time.perf_counter()
+    payload: bytes | None = None
+    save_error: str | None = None
+    try:
+        payload = _serialize(compiled)
+    except Exception as exc:  # the compiled function still works in this process; the caller decides
+        save_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:2000] if str(exc) else ''}"
+    seconds["serialize"] = time.perf_counter() - start
     artifacts = compiled._artifacts
     return CompileResult(
         function=compiled,
@@ -230,6 +244,7 @@ def compile_target(
         device_type=str(artifacts.device_type),
         fixes_applied=[s.id for s in statuses if s.state is compat.FixState.APPLIED],
         seconds=seconds,
+        save_error=save_error,
     )
 
 
@@ -284,5 +299,27 @@ def load(payload: bytes, *, is_module: bool, target: Any) -> LoadedFunction:
     import torch.compiler
 
     f_globals = vars(_entry) if is_module else target.__globals__
-    function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
+    with _in_process_kernel_loading():
+        function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
     return LoadedFunction(function, loaded=True)
+
+
+@contextlib.contextmanager
+def _in_process_kernel_loading() -> Iterator[None]:
+    """Load a deserialized graph's kernels in this process, not through Inductor's compile-worker pool.
+
+    With ``compile_threads > 1`` (Inductor's default on a multi-core host) every Triton kernel of a deserialized
+    graph that is not in the in-memory kernel table is sent to a subprocess pool, whose workers must first import
+    torch: seconds before the first output although the kernels are already built (restored from the artifact's
+    kernel bundle). Loading them in-process reads the built kernels from the cache. A user's explicit
+    ``TORCHINDUCTOR_COMPILE_THREADS`` is respected.
+    """
+    import os
+
+    from torch._inductor import config as inductor_config
+
+    if "TORCHINDUCTOR_COMPILE_THREADS" in os.environ or not hasattr(inductor_config, "compile_threads"):
+        yield
+        return
+    with inductor_config.patch(compile_threads=1):
+        yield
