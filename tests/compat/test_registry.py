@@ -2,7 +2,8 @@
 
 These run in-process on the running torch (the probes exercise it for real, about a second each, once per
 process). A fix whose targets are missing is simulated with a Fix record added to the registry's table, never by
-mocking torch. Every test leaves the real fixes reverted, so no patch leaks into the next test.
+mocking torch. Every test leaves the real fixes reverted, so no patch leaks into the next test. The tests whose
+outcome depends on the running torch carry the ``compat`` marker, so ``make test-compat`` runs them on 2.11 too.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def _original_get_runtime_env() -> Any:
     return cls.__dict__["get_runtime_env"]
 
 
+@pytest.mark.compat
 def test_states_before_and_after_apply() -> None:
     before = {status.id: status for status in torchkiln.fixes()}
     assert set(before) == set(FIX_IDS)
@@ -82,6 +84,7 @@ def test_states_before_and_after_apply() -> None:
     assert sorted(compat.applied_ids()) == sorted(i for i, s in after.items() if s.state is compat.FixState.APPLIED)
 
 
+@pytest.mark.compat
 def test_state_agrees_with_the_documented_range() -> None:
     # The probes run torch for real; on every torch of the matrix they must agree with the upstream history:
     # builtins-runtime-env and enable-aot-compile are needed exactly on 2.10 and 2.11.
@@ -90,6 +93,7 @@ def test_state_agrees_with_the_documented_range() -> None:
         assert needed == (Version("2.10.dev0") <= torch_version() < Version("2.12.dev0")), fix_id
 
 
+@pytest.mark.compat
 def test_apply_is_idempotent_and_revert_restores_the_original_method() -> None:
     original = _original_get_runtime_env()
     first = torchkiln.apply_fixes()
@@ -113,6 +117,7 @@ def test_apply_is_idempotent_and_revert_restores_the_original_method() -> None:
     assert compat.applied_ids() == []
 
 
+@pytest.mark.compat
 def test_apply_selected_ids_only() -> None:
     statuses = torchkiln.apply_fixes(["module-globals"])
     assert [s.id for s in statuses] == ["module-globals"]
@@ -120,6 +125,7 @@ def test_apply_selected_ids_only() -> None:
     assert compat.status("builtins-runtime-env").state is not compat.FixState.APPLIED
 
 
+@pytest.mark.compat
 def test_enable_aot_compile_is_scoped_not_global() -> None:
     import torch._dynamo.config as dynamo_config
 
@@ -162,6 +168,7 @@ def with_ghost(monkeypatch: pytest.MonkeyPatch) -> compat.Fix:
     return GHOST
 
 
+@pytest.mark.compat
 def test_missing_targets_report_not_applicable_and_never_raise(with_ghost: compat.Fix) -> None:
     status = compat.status(with_ghost.id)
     assert status.state is compat.FixState.NOT_APPLICABLE

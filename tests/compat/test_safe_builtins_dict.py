@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 from torchkiln.compat.fixes.builtins_runtime_env import safe_builtins_dict
 
+pytestmark = pytest.mark.compat  # the heart of the builtins fix: checked on every torch lane
+
 
 class _ExplodingReduce:
     """Pickling it raises a plain RuntimeError (not a PicklingError): it must still be dropped, not raised."""
