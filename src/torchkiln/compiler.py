@@ -251,7 +251,9 @@ def compile_target(
 def _serialize(compiled: Any) -> bytes:
     serialize = getattr(type(compiled), "serialize", None)
     if serialize is not None:
-        return bytes(serialize(compiled).serialized_data)
+        result = serialize(compiled)
+        # torch 2.10 returns the bytes; 2.11+ an AOTCompileSaveResult carrying them in .serialized_data
+        return bytes(getattr(result, "serialized_data", result))
     # Older releases only save to a path.  # pragma: no cover - every supported torch has serialize()
     import tempfile
 
