@@ -12,7 +12,7 @@ LINT_PATHS := $(wildcard src tests tools benchmarks fuzz)
 # pip's warnings about absent local index folders are noise on this machine, not errors.
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo test test-compat test-matrix lint bench clean venv
+.PHONY: demo test test-slow test-compat test-matrix lint bench clean venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -35,12 +35,17 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/torchkiln demo
 
+# The default suite (torch 2.13): everything but the slow and GPU tests; ~15 minutes on 2 cores.
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+# The slow tests on torch 2.13: real transformers models, 16 racing processes, 200 loads, __main__ scripts.
+test-slow: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
 # The compat lane: the fix-dependent and real-model tests on a torch where the builtins bug lives.
 test-compat: $(COMPAT_VENV)/.installed
-	$(COMPAT_VENV)/bin/python -m pytest -m "compat or slow" $(PYTEST_ARGS)
+	$(COMPAT_VENV)/bin/python -m pytest -m "(compat or models) and not gpu" $(PYTEST_ARGS)
 
 # Not in CI: every fix's status and a save/load round trip on each torch of the matrix -> docs/COMPAT.md.
 test-matrix:

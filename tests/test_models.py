@@ -21,6 +21,7 @@ from helpers.procs import run_child
 pytest.importorskip("transformers", reason="transformers is in the dev extra")
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.models,
     pytest.mark.skipif(shutil.which("g++") is None, reason="Inductor's CPU backend needs g++"),
 ]
 
