@@ -48,9 +48,11 @@ test-compat: $(COMPAT_VENV)/.installed
 	$(COMPAT_VENV)/bin/python -m pytest -m "(compat or models) and not gpu" $(PYTEST_ARGS)
 
 # Not in CI: every fix's status and a save/load round trip on each torch of the matrix -> docs/COMPAT.md.
-test-matrix:
-	set -e; for v in $(MATRIX); do $(MAKE) .venv-torch$$v/.installed; done
-	$(VENV)/bin/python tools/compat_matrix.py $(foreach v,$(MATRIX),.venv-torch$(v)/bin/python) > docs/COMPAT-matrix.md
+# TORCH_DEFAULT runs in the default lane's $(VENV), not in a second venv holding the same torch.
+MATRIX_PYTHONS := $(foreach v,$(MATRIX),$(if $(filter $(TORCH_DEFAULT),$(v)),$(VENV),.venv-torch$(v))/bin/python)
+test-matrix: $(VENV)/.installed
+	set -e; for v in $(filter-out $(TORCH_DEFAULT),$(MATRIX)); do $(MAKE) .venv-torch$$v/.installed; done
+	$(VENV)/bin/python tools/compat_matrix.py $(MATRIX_PYTHONS) > docs/COMPAT-matrix.md
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check $(LINT_PATHS)
