@@ -109,9 +109,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' conventional name
         pass
     else:
         # Whatever decodes must survive a re-encode unchanged (the header may have been non-canonical JSON).
-        again = artifact.decode(
-            artifact.encode(got.header, got.sections, signing_key=KEY if got.signed else None)
-        )
+        again = artifact.decode(artifact.encode(got.header, got.sections, signing_key=KEY if got.signed else None))
         if (again.header, again.sections) != (got.header, got.sections):
             raise AssertionError("decoded artifact does not survive a re-encode")
     with contextlib.suppress(*ALLOWED):

@@ -66,9 +66,7 @@ headers = st.dictionaries(
 section_names = st.from_regex(r"[a-z0-9_]{1,32}", fullmatch=True)
 section_maps = st.dictionaries(section_names, st.binary(max_size=200), max_size=4)
 small_headers = st.dictionaries(st.sampled_from(["a", "fingerprint", "z"]), json_scalars, max_size=2)
-small_sections = st.dictionaries(
-    st.sampled_from(["payload", "kernels", "x"]), st.binary(max_size=24), max_size=2
-)
+small_sections = st.dictionaries(st.sampled_from(["payload", "kernels", "x"]), st.binary(max_size=24), max_size=2)
 keys = st.none() | st.binary(min_size=1, max_size=40)
 
 
@@ -184,9 +182,7 @@ FIXED = [
 
 @pytest.mark.parametrize(("header", "sections"), FIXED)
 @pytest.mark.parametrize("key", [None, KEY])
-def test_every_truncation_fixed(
-    header: dict[str, Any], sections: dict[str, bytes], key: bytes | None
-) -> None:
+def test_every_truncation_fixed(header: dict[str, Any], sections: dict[str, bytes], key: bytes | None) -> None:
     for writer_key in (None, KEY):
         check_every_truncation(encode(header, sections, signing_key=writer_key), key)
 
@@ -201,19 +197,13 @@ def test_every_bit_flip_fixed(
 
 @PROPERTY
 @given(header=small_headers, sections=small_sections, signed=st.booleans(), with_key=st.booleans())
-def test_every_truncation(
-    header: dict[str, Any], sections: dict[str, bytes], signed: bool, with_key: bool
-) -> None:
-    check_every_truncation(
-        encode(header, sections, signing_key=KEY if signed else None), KEY if with_key else None
-    )
+def test_every_truncation(header: dict[str, Any], sections: dict[str, bytes], signed: bool, with_key: bool) -> None:
+    check_every_truncation(encode(header, sections, signing_key=KEY if signed else None), KEY if with_key else None)
 
 
 @PROPERTY
 @given(header=small_headers, sections=small_sections, signed=st.booleans(), with_key=st.booleans())
-def test_every_bit_flip(
-    header: dict[str, Any], sections: dict[str, bytes], signed: bool, with_key: bool
-) -> None:
+def test_every_bit_flip(header: dict[str, Any], sections: dict[str, bytes], signed: bool, with_key: bool) -> None:
     key = KEY if (signed and with_key) else None  # unsigned + key is its own test below
     check_every_bit_flip(encode(header, sections, signing_key=KEY if signed else None), signed, key)
 
@@ -298,9 +288,7 @@ CORRUPT_CASES: dict[str, bytes] = {
     "no sections": forge({"format_version": 1}),
     "sections not a list": forge({"format_version": 1, "sections": {}}),
     "entry not an object": forge({"format_version": 1, "sections": [1]}),
-    "entry extra key": forge(
-        {"format_version": 1, "sections": [{**GOOD["sections"][0], "compressed": True}]}, b"abc"
-    ),
+    "entry extra key": forge({"format_version": 1, "sections": [{**GOOD["sections"][0], "compressed": True}]}, b"abc"),
     "entry missing key": forge({"format_version": 1, "sections": [{"name": "payload"}]}, b"abc"),
     "bad name": forge(table(("Payload", 0, 3, b"abc")), b"abc"),
     "name too long": forge(table(("p" * 33, 0, 3, b"abc")), b"abc"),

@@ -260,9 +260,7 @@ class StoreContract:
     def test_lock_excludes_other_processes(self, store: Store, tmp_path: Path) -> None:
         self._needs_shared()
         log = tmp_path / "lock.log"
-        procs = [
-            _SPAWN.Process(target=_locked_appender, args=(store, "mutex-1", str(log), 3)) for _ in range(3)
-        ]
+        procs = [_SPAWN.Process(target=_locked_appender, args=(store, "mutex-1", str(log), 3)) for _ in range(3)]
         for proc in procs:
             proc.start()
         _join_all(procs)

@@ -25,9 +25,7 @@ from torchkiln.store.local import LAYOUT_VERSION, TEMP_GRACE_S
 
 from .contract import StoreContract, payload
 
-posix_only = pytest.mark.skipif(
-    sys.platform == "win32", reason="POSIX permissions, signals and unlink semantics"
-)
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions, signals and unlink semantics")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
