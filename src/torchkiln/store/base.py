@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ARTIFACT_SUFFIX", "Store", "StoreEntry"]
+__all__ = ["ARTIFACT_SUFFIX", "Store", "StoreEntry", "evict_lru"]
 
 #: Every artifact object ends in this suffix under the store's versioned root (``<root>/v1/<key>.tkln``).
 ARTIFACT_SUFFIX = ".tkln"
@@ -71,3 +71,25 @@ def iter_keys(store: Store) -> Iterator[str]:
     """Every key in ``store`` (a convenience for the CLI)."""
     for entry in store.list():
         yield entry.key
+
+
+def evict_lru(store: Store, max_size: int) -> builtins.list[str]:
+    """Delete ``store``'s least recently used artifacts until the rest total at most ``max_size`` bytes.
+
+    The shared ``gc`` of the stores that can only list and delete (remote, tiered); the local store has its own,
+    which also protects files read during its scan.
+    """
+    from torchkiln.errors import StoreError
+
+    if max_size < 0:
+        raise StoreError(f"gc max_size must be >= 0, got {max_size}", where=store.url, fix="pass a size")
+    entries = sorted(store.list(), key=lambda e: (e.last_used, e.key))
+    total = sum(e.size for e in entries)
+    evicted: builtins.list[str] = []
+    for entry in entries:
+        if total <= max_size:
+            break
+        if store.delete(entry.key):
+            evicted.append(entry.key)
+        total -= entry.size
+    return evicted

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from torchkiln.errors import StoreError
-from torchkiln.store.base import ARTIFACT_SUFFIX, StoreEntry
+from torchkiln.store.base import ARTIFACT_SUFFIX, StoreEntry, evict_lru
 from torchkiln.store.lease import DEFAULT_TTL, ENV_LEASE_TTL, Lease, ObjectLeaseIO, acquire_lease
 from torchkiln.store.local import check_key
 
@@ -317,18 +317,7 @@ class RemoteStore:
 
         For a shared bucket prefer a lifecycle rule (docs/FLEET.md): it needs no client with delete rights.
         """
-        if max_size < 0:
-            raise StoreError(f"gc max_size must be >= 0, got {max_size}", where=self.url, fix="pass a size")
-        entries = sorted(self.list(), key=lambda e: (e.last_used, e.key))
-        total = sum(e.size for e in entries)
-        evicted: builtins.list[str] = []
-        for entry in entries:
-            if total <= max_size:
-                break
-            if self.delete(entry.key):
-                evicted.append(entry.key)
-            total -= entry.size
-        return evicted
+        return evict_lru(self, max_size)
 
     def lock(self, key: str, timeout: float) -> AbstractContextManager[None]:
         """Host-local file lock (ranks of one machine queue there), then the fleet-wide lease."""

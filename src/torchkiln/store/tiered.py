@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from torchkiln.errors import StoreError
-from torchkiln.store.base import Store, StoreEntry
+from torchkiln.store.base import Store, StoreEntry, evict_lru
 from torchkiln.store.lease import LeaseTimeoutError
 
 __all__ = ["RETRY_AFTER", "RemoteCacheWarning", "TieredStore", "open_tiered"]
@@ -138,18 +138,7 @@ class TieredStore:
         The remote part needs delete rights; servers should hold read-only credentials and leave the bucket
         to a lifecycle rule (docs/FLEET.md). To trim only this machine's copy, gc the local root by path.
         """
-        if max_size < 0:
-            raise StoreError(f"gc max_size must be >= 0, got {max_size}", where=self.url, fix="pass a size")
-        entries = sorted(self.list(), key=lambda e: (e.last_used, e.key))
-        total = sum(e.size for e in entries)
-        evicted: builtins.list[str] = []
-        for entry in entries:
-            if total <= max_size:
-                break
-            if self.delete(entry.key):
-                evicted.append(entry.key)
-            total -= entry.size
-        return evicted
+        return evict_lru(self, max_size)
 
     def lock(self, key: str, timeout: float) -> AbstractContextManager[None]:
         return self._lock(key, timeout)
