@@ -15,6 +15,7 @@ Calls: the loaded function's own guards decide whether an input fits a specializ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -237,19 +238,26 @@ class CompiledModule:
             return self._compile(key, fingerprint, args, kwargs, timings), False
         timeout = float(os.environ.get("TORCHKILN_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
         start = time.perf_counter()
+        lock = contextlib.ExitStack()
         try:
-            with self._store.lock(key.key, timeout):
-                timings["lock_wait"] = time.perf_counter() - start
-                # Another process may have published while this one waited: load theirs. (If an artifact was
-                # there and unusable, it is not read and unpickled a second time: it gets replaced.)
-                if not found:
-                    spec, _ = self._try_load(key, fingerprint, timings)
-                    if spec is not None:
-                        return spec, True
-                return self._compile(key, fingerprint, args, kwargs, timings), False
+            lock.enter_context(self._store.lock(key.key, timeout))
         except StoreError as exc:
             self._fallback(exc, f"cannot take the compile lock for {key.key}")
             return self._compile(key, fingerprint, args, kwargs, timings), False
+        try:
+            timings["lock_wait"] = time.perf_counter() - start
+            # Another process may have published while this one waited: load theirs. (If an artifact was there
+            # and unusable, it is not read and unpickled a second time: it gets replaced.)
+            if not found:
+                spec, _ = self._try_load(key, fingerprint, timings)
+                if spec is not None:
+                    return spec, True
+            return self._compile(key, fingerprint, args, kwargs, timings), False
+        finally:
+            try:
+                lock.close()
+            except StoreError as exc:  # the work is done; a lease that cannot be released expires on its own
+                log.warning("could not release the compile lock for %s: %s", key.key, exc)
 
     def _compile(
         self,
