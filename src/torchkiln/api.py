@@ -149,11 +149,11 @@ class CompiledModule:
         self.artifact_bytes, self.header = spec.artifact_bytes, spec.header
         return spec
 
-    def _fallback(self, error: TorchkilnError, what: str) -> None:
-        """A reason to miss: raise it when strict, else warn and carry on compiling."""
+    def _fallback(self, error: TorchkilnError, what: str, then: str = "compiling instead") -> None:
+        """A reason to miss: raise it when strict, else warn and carry on (``then`` says how)."""
         if self.strict:
             raise error
-        warnings.warn(f"torchkiln: {what}; compiling instead. {error}", TorchkilnWarning, stacklevel=4)
+        warnings.warn(f"torchkiln: {what}; {then}. {error}", TorchkilnWarning, stacklevel=4)
 
     def _try_load(
         self, key: cache_key.CacheKey, fingerprint: Fingerprint, timings: dict[str, float]
@@ -280,7 +280,7 @@ class CompiledModule:
                 options=self._options,
             )
         timings["compile"] = time.perf_counter() - start
-        function = compiler.LoadedFunction(result.function)
+        function = compiler.LoadedFunction(result.function, jit=result.jit)
         if result.payload is None:
             # Compiled but not saveable (e.g. it names a class defined in __main__): still run it compiled here.
             self._fallback(
@@ -289,7 +289,8 @@ class CompiledModule:
                     where=key.key,
                     fix=compiler.hint_for(result.save_error or ""),
                 ),
-                "the artifact cannot be saved; it runs compiled in this process only",
+                "the artifact cannot be saved",
+                then="it runs compiled in this process only (plain torch.compile when aot_compile could not save)",
             )
             return _Specialization(key.key, function, {}, 0)
         start = time.perf_counter()

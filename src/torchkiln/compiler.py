@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import io
 import logging
+import pickle  # allowed here (tools/check_forbidden_imports.py): to recognise torch's pickling errors
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -126,6 +127,13 @@ class CompileResult:
     fixes_applied: list[str]
     seconds: dict[str, float]
     save_error: str | None = None
+    #: ``function`` is a plain torch.compile wrapper (recompiles itself on new inputs; no guard_check)
+    jit: bool = False
+
+
+def _is_serialization_failure(exc: BaseException) -> bool:
+    """aot_compile failed saving what it traced (pickling guards or code), not tracing it."""
+    return isinstance(exc, pickle.PicklingError) or "pickle" in type(exc).__name__.lower()
 
 
 #: Inlined sources from these packages are not checked: the fingerprint pins their exact build already.
@@ -221,11 +229,28 @@ def compile_target(
             compiled = wrapper.aot_compile((call_args(target, is_module, args), dict(kwargs)))
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
-        raise CompileError(
-            f"torch could not compile {where} fullgraph: {message.splitlines()[0][:2000]}",
-            where=where,
-            fix=hint_for(message),
-        ) from exc
+        if not _is_serialization_failure(exc):
+            raise CompileError(
+                f"torch could not compile {where} fullgraph: {message.splitlines()[0][:2000]}",
+                where=where,
+                fix=hint_for(message),
+            ) from exc
+        # The graph traced, but aot_compile pickles its guards as it builds them and something they name cannot be
+        # saved (a class defined in __main__ and gone from it, say). The target still runs compiled in this
+        # process through plain torch.compile (JIT, not saved); the caller decides whether that is acceptable.
+        seconds["aot_compile"] = time.perf_counter() - start
+        jit = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options or {}))
+        return CompileResult(
+            function=jit,
+            payload=None,
+            dropped_guards=guard_filter.dropped,
+            inlined_sources=[],
+            device_type="unknown",
+            fixes_applied=[s.id for s in statuses if s.state is compat.FixState.APPLIED],
+            seconds=seconds,
+            save_error=message.splitlines()[0][:2000],
+            jit=True,
+        )
     seconds["aot_compile"] = time.perf_counter() - start
     start = time.perf_counter()
     payload: bytes | None = None
@@ -270,6 +295,8 @@ class LoadedFunction:
     function: Any
     #: True for an artifact read from the cache, False for one compiled in this process
     loaded: bool = False
+    #: a plain torch.compile wrapper: it guards and recompiles by itself, so every input "fits"
+    jit: bool = False
 
     def __post_init__(self) -> None:
         # CompiledModule checks guards itself to pick a specialization; torch would check them a second time.
@@ -279,7 +306,7 @@ class LoadedFunction:
         self._first_call = self.loaded
 
     def guard_check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
-        return bool(self.function.guard_check(*args, **kwargs))
+        return self.jit or bool(self.function.guard_check(*args, **kwargs))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._first_call:
