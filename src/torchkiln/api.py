@@ -118,6 +118,28 @@ class CompiledModule:
                 return spec.function(*full_args, **kwargs)
         # No specialization fits (another shape, dtype, device...): its own key, loaded or compiled.
         spec = self._resolve(args, kwargs)
+        if not spec.function.guard_check(full_args, kwargs):
+            # The key matched but torch's own guards reject these inputs (something the key does not describe):
+            # never run a graph on inputs it was not built for.
+            self._fallback(
+                IncompatibleArtifactError(
+                    f"the guards of {spec.key} reject the inputs it was built for",
+                    where=spec.key,
+                    fix="report it with `torchkiln inspect KEY` and the inputs; TORCHKILN_LOG=debug shows the key",
+                ),
+                "an artifact does not fit its own key",
+                then="running the target through plain torch.compile in this process",
+            )
+            spec.function = compiler.LoadedFunction(
+                compiler.jit_compile(
+                    self.target,
+                    is_module=self._is_module,
+                    dynamic=self._dynamic,
+                    backend=self._backend,
+                    options=self._options,
+                ),
+                jit=True,
+            )
         return spec.function(*full_args, **kwargs)
 
     @property

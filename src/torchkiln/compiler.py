@@ -239,9 +239,8 @@ def compile_target(
         # saved (a class defined in __main__ and gone from it, say). The target still runs compiled in this
         # process through plain torch.compile (JIT, not saved); the caller decides whether that is acceptable.
         seconds["aot_compile"] = time.perf_counter() - start
-        jit = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options or {}))
         return CompileResult(
-            function=jit,
+            function=jit_compile(target, is_module=is_module, dynamic=dynamic, backend=backend, options=options),
             payload=None,
             dropped_guards=guard_filter.dropped,
             inlined_sources=[],
@@ -271,6 +270,16 @@ def compile_target(
         seconds=seconds,
         save_error=save_error,
     )
+
+
+def jit_compile(
+    target: Any, *, is_module: bool, dynamic: bool, backend: str | Callable[..., Any], options: Mapping[str, Any] | None
+) -> Any:
+    """Plain torch.compile of the same entry (compiles on first call, guards and recompiles itself; never saved)."""
+    import torch
+
+    fn: Callable[..., Any] = _entry.call_module if is_module else target
+    return torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options or {}))
 
 
 def _serialize(compiled: Any) -> bytes:
