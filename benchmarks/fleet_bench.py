@@ -27,8 +27,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -94,25 +92,15 @@ class Fleet:
         }
         (mdir / "spec.json").write_text(json.dumps(spec))
         started = time.perf_counter()
-        with open(mdir / "log.txt", "wb") as log:
-            # A session of its own, so a timeout takes the child's compile workers down with it.
-            proc = subprocess.Popen(
-                [sys.executable, self.child, str(mdir / "spec.json")],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            try:
-                proc.wait(timeout=self.args.timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        from torchkiln.bench.runner import run_in_own_session
+
+        returncode = run_in_own_session(
+            [sys.executable, self.child, str(mdir / "spec.json")], env, mdir / "log.txt", self.args.timeout
+        )
         if result_path.exists():
             result: dict[str, Any] = json.loads(result_path.read_text())
         else:
-            result = {"phase": phase, "ok": False, "error": f"no result (exit {proc.returncode})"}
+            result = {"phase": phase, "ok": False, "error": f"no result (exit {returncode}; None: timed out)"}
         result.update(name=name, wall_s=time.perf_counter() - started)
         if xdg is not None and phase != "compile_cold":
             # Read-through: the bucket's artifact is now in this machine's local root too.

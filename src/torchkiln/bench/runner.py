@@ -28,7 +28,25 @@ from typing import Any
 from torchkiln.bench.models import MODELS, model_description
 from torchkiln.bench.summary import machine_info, summarize_model
 
-__all__ = ["PHASES", "PHASE_TITLES", "BenchConfig", "run_bench", "needed_phases"]
+__all__ = ["PHASES", "PHASE_TITLES", "BenchConfig", "needed_phases", "run_bench", "run_in_own_session"]
+
+
+def run_in_own_session(cmd: list[str], env: dict[str, str], log_path: Path, timeout: float) -> int | None:
+    """Run a phase process with output to ``log_path``; its exit code, or None when it timed out.
+
+    A new session, so a timeout kills the child and the compile workers it forked, all at once.
+    """
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None
+
 
 #: Every phase, in the order the run executes them within one repetition.
 PHASE_TITLES: dict[str, str] = {
@@ -263,22 +281,7 @@ class _ModelRun:
         }
         spec_path.write_text(json.dumps(spec))
         started = time.perf_counter()
-        with open(log_path, "wb") as log:
-            # A new session, so a timeout can kill the child and the compile workers it forked, all at once.
-            proc = subprocess.Popen(
-                [self.config.python, str(_CHILD), str(spec_path)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            try:
-                returncode = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                returncode = None
+        returncode = run_in_own_session([self.config.python, str(_CHILD), str(spec_path)], env, log_path, timeout)
         wall = time.perf_counter() - started
         if returncode is None:
             result = {"phase": phase, "ok": False, "error": f"timed out after {timeout:.3g} s"}
