@@ -17,8 +17,8 @@ from typing import cast
 import platformdirs
 
 from torchkiln.errors import StoreError
-from torchkiln.store.base import ARTIFACT_SUFFIX, Store, StoreEntry
-from torchkiln.store.local import LAYOUT_VERSION, LocalStore, check_key
+from torchkiln.store.base import ARTIFACT_SUFFIX, INSTALL_HINTS, Store, StoreEntry, check_key
+from torchkiln.store.local import LAYOUT_VERSION, LocalStore
 from torchkiln.store.memory import MemoryStore
 
 __all__ = [
@@ -36,17 +36,6 @@ __all__ = [
 #: Remote schemes are served by the tiered store (local read-through copy + remote), found by name.
 _TIERED = "torchkiln.store.tiered:open_tiered"
 
-#: What to install for a remote scheme whose fsspec backend is missing. Schemes not listed here still work
-#: when fsspec knows them; the hint is then a generic one.
-_INSTALL_HINTS = {
-    "s3": "pip install 'torchkiln[s3]'",
-    "s3a": "pip install 'torchkiln[s3]'",
-    "gs": "pip install gcsfs",
-    "gcs": "pip install gcsfs",
-    "az": "pip install adlfs",
-    "abfs": "pip install adlfs",
-    "abfss": "pip install adlfs",
-}
 
 ENV_CACHE = "TORCHKILN_CACHE"
 
@@ -103,7 +92,7 @@ def _open_remote(url: str, scheme: str) -> Store:
     try:
         return open_tiered(url, local_root=default_local_root())
     except ImportError as exc:
-        hint = _INSTALL_HINTS.get(scheme, f"install the fsspec backend for {scheme}://")
+        hint = INSTALL_HINTS.get(scheme, f"install the fsspec backend for {scheme}://")
         raise StoreError(
             f"the package that serves {scheme}:// URLs is not installed ({exc})",
             where=url,
@@ -115,5 +104,5 @@ def _fsspec_knows(scheme: str) -> bool:
     try:
         from fsspec.registry import known_implementations, registry
     except ImportError:  # fsspec is a dependency, but a broken env should still get the clear error below
-        return scheme in _INSTALL_HINTS
+        return scheme in INSTALL_HINTS
     return scheme in known_implementations or scheme in registry

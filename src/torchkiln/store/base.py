@@ -16,11 +16,28 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ARTIFACT_SUFFIX", "Store", "StoreEntry", "evict_lru"]
+from torchkiln.errors import StoreError
+
+__all__ = ["ARTIFACT_SUFFIX", "INSTALL_HINTS", "KEY_RE", "Store", "StoreEntry", "check_key", "evict_lru"]
+
+#: Keys are file names locally and object names remotely: a portable alphabet, no path separators.
+KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+#: fsspec protocol -> what to install when its backend package is missing (open_store and RemoteStore say it).
+INSTALL_HINTS = {
+    "s3": "pip install 'torchkiln[s3]'",
+    "s3a": "pip install 'torchkiln[s3]'",
+    "gs": "pip install gcsfs",
+    "gcs": "pip install gcsfs",
+    "az": "pip install adlfs",
+    "abfs": "pip install adlfs",
+    "abfss": "pip install adlfs",
+}
 
 #: Every artifact object ends in this suffix under the store's versioned root (``<root>/v1/<key>.tkln``).
 ARTIFACT_SUFFIX = ".tkln"
@@ -79,8 +96,6 @@ def evict_lru(store: Store, max_size: int) -> builtins.list[str]:
     The shared ``gc`` of the stores that can only list and delete (remote, tiered); the local store has its own,
     which also protects files read during its scan.
     """
-    from torchkiln.errors import StoreError
-
     if max_size < 0:
         raise StoreError(f"gc max_size must be >= 0, got {max_size}", where=store.url, fix="pass a size")
     entries = sorted(store.list(), key=lambda e: (e.last_used, e.key))
@@ -93,3 +108,19 @@ def evict_lru(store: Store, max_size: int) -> builtins.list[str]:
             evicted.append(entry.key)
         total -= entry.size
     return evicted
+
+
+def check_key(key: object, *, where: str) -> str:
+    """Return ``key`` if it is a valid store key, else raise ``StoreError``.
+
+    Keys are file names here and object names remotely, so they are restricted to a portable alphabet with no
+    path separators; a leading dot is refused so a key can never name a hidden temp file, ``.`` or ``..``.
+    """
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key) or key.startswith("."):
+        raise StoreError(
+            f"invalid cache key {key!r}: a key is 1-200 characters from A-Z a-z 0-9 . _ - "
+            "and does not start with a dot",
+            where=where,
+            fix="build keys with torchkiln.cache_key (they look like '<name>-<sha256>')",
+        )
+    return key

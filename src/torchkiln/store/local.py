@@ -19,7 +19,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import stat
 import sys
 import tempfile
@@ -30,9 +29,9 @@ from pathlib import Path
 import filelock
 
 from torchkiln.errors import StoreError
-from torchkiln.store.base import ARTIFACT_SUFFIX, StoreEntry
+from torchkiln.store.base import ARTIFACT_SUFFIX, KEY_RE, StoreEntry, check_key
 
-__all__ = ["LAYOUT_VERSION", "TEMP_GRACE_S", "LocalStore", "check_key"]
+__all__ = ["LAYOUT_VERSION", "TEMP_GRACE_S", "LocalStore"]
 
 _log = logging.getLogger(__name__)
 
@@ -48,29 +47,12 @@ TEMP_GRACE_S = 3600.0
 _TEMP_PREFIX = ".tmp-"
 _TEMP_SUFFIX = ".part"
 _LOCKS_DIR = "locks"
-_KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 # os.write may write fewer bytes than asked (Linux caps one call near 2 GiB), so writes go in bounded chunks.
 _CHUNK = 1 << 20
 # errnos with which a filesystem says "no hard links here" (some FUSE, SMB and FAT mounts).
 _NO_HARDLINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV})
 _UNWRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def check_key(key: object, *, where: str) -> str:
-    """Return ``key`` if it is a valid store key, else raise ``StoreError``.
-
-    Keys are file names here and object names remotely, so they are restricted to a portable alphabet with no
-    path separators; a leading dot is refused so a key can never name a hidden temp file, ``.`` or ``..``.
-    """
-    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or key.startswith("."):
-        raise StoreError(
-            f"invalid cache key {key!r}: a key is 1-200 characters from A-Z a-z 0-9 . _ - "
-            "and does not start with a dot",
-            where=where,
-            fix="build keys with torchkiln.cache_key (they look like '<name>-<sha256>')",
-        )
-    return key
 
 
 def _fix_for(exc: OSError, root: Path) -> str:
@@ -286,7 +268,7 @@ class LocalStore:
             for dirent in it:
                 key = dirent.name[: -len(ARTIFACT_SUFFIX)]
                 # Temp files (leading dot, other suffix) and anything not made by put() are not artifacts.
-                if not dirent.name.endswith(ARTIFACT_SUFFIX) or not _KEY_RE.fullmatch(key) or key[0] == ".":
+                if not dirent.name.endswith(ARTIFACT_SUFFIX) or not KEY_RE.fullmatch(key) or key[0] == ".":
                     continue
                 try:
                     st = dirent.stat(follow_symlinks=False)

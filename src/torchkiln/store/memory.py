@@ -17,8 +17,7 @@ import time
 from collections.abc import Iterator
 
 from torchkiln.errors import StoreError
-from torchkiln.store.base import StoreEntry
-from torchkiln.store.local import check_key
+from torchkiln.store.base import StoreEntry, check_key
 
 __all__ = ["MemoryStore"]
 

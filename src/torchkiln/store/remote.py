@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from torchkiln.errors import StoreError
-from torchkiln.store.base import ARTIFACT_SUFFIX, StoreEntry, evict_lru
+from torchkiln.store.base import ARTIFACT_SUFFIX, INSTALL_HINTS, StoreEntry, check_key, evict_lru
 from torchkiln.store.lease import DEFAULT_TTL, ENV_LEASE_TTL, Lease, ObjectLeaseIO, acquire_lease
-from torchkiln.store.local import check_key
 
 __all__ = ["DEFAULT_TIMEOUT", "ENV_TIMEOUT", "RemoteStore", "remote_timeout"]
 
@@ -49,16 +48,6 @@ ENV_TIMEOUT = "TORCHKILN_REMOTE_TIMEOUT"
 #: The issue asks for a bounded wait of at most 30 s before a local compile takes over.
 DEFAULT_TIMEOUT = 30.0
 FORMAT_DIR = "v1"
-
-#: fsspec protocol -> what to install when its backend package is missing.
-INSTALL_HINTS = {
-    "s3": "pip install 'torchkiln[s3]'",
-    "s3a": "pip install 'torchkiln[s3]'",
-    "gs": "pip install gcsfs",
-    "gcs": "pip install gcsfs",
-    "az": "pip install adlfs",
-    "abfs": "pip install adlfs",
-}
 
 
 def remote_timeout(value: float | None = None) -> float:
