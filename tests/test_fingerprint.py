@@ -83,15 +83,28 @@ def test_each_difference_is_a_readable_reason(here: Fingerprint) -> None:
 
 
 def test_cpu_isa_superset_runs_and_subset_does_not(here: Fingerprint) -> None:
-    base = dataclasses.replace(here, cpu_isa=("avx", "avx2", "sse2"))
-    fewer = dataclasses.replace(here, cpu_isa=("sse2",))
-    more = dataclasses.replace(here, cpu_isa=("amx_tile", "avx", "avx2", "avx512f", "sse2"))
+    # Every field that matters is set explicitly: the host's own CPU (AMD or Intel, with or without AVX-512)
+    # must not decide the outcome.
+    base = dataclasses.replace(here, cpu_capability="AVX2", cpu_isa=("avx", "avx2", "sse2"))
+    fewer = dataclasses.replace(base, cpu_isa=("sse2",))
+    more = dataclasses.replace(base, cpu_isa=("amx_tile", "avx", "avx2", "avx512f", "sse2"))
     assert base.incompatibilities(fewer) == []  # built with less than this CPU has: runs
     reasons = base.incompatibilities(more)
     assert len(reasons) == 1
     assert "lacks" in reasons[0]
     assert "amx_tile, avx512f" in reasons[0]
-    assert base.incompatibilities(dataclasses.replace(here, cpu_capability="AVX512", cpu_isa=base.cpu_isa))
+    assert base.incompatibilities(dataclasses.replace(base, cpu_capability="AVX512"))
+
+
+def test_cpu_isa_is_validated_on_load_not_keyed(here: Fingerprint) -> None:
+    # One rule: the key carries the coarse cpu_capability, the load checks the extension list (superset runs).
+    isa_a = dataclasses.replace(here, cpu_isa=("avx", "sse2"))
+    isa_b = dataclasses.replace(here, cpu_isa=("avx", "avx512f", "sse2"))
+    assert isa_a.key_fields() == isa_b.key_fields()
+    assert "cpu_isa" not in isa_a.key_fields()
+    assert isa_a.key_fields()["cpu_capability"] == here.cpu_capability
+    assert isa_b.incompatibilities(isa_a) == []
+    assert isa_a.incompatibilities(isa_b)
 
 
 def test_gpu_fields_matter_only_for_gpu_targets(here: Fingerprint) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from torchkiln import kernels
+from torchkiln import fingerprint, kernels
 from torchkiln.errors import ArtifactCorruptError
 
 COMPILERS = ("g++", "gcc", "c++", "cc")
@@ -50,7 +50,7 @@ SAVE = (
     + """
 import sys
 from pathlib import Path
-from torchkiln import kernels
+from torchkiln import fingerprint, kernels
 from tk_kernels_model import fn
 out = Path(sys.argv[1])
 torch.manual_seed(0)
@@ -68,7 +68,7 @@ LOAD = (
     + """
 import json, sys, time
 from pathlib import Path
-from torchkiln import kernels
+from torchkiln import fingerprint, kernels
 out, mode = Path(sys.argv[1]), sys.argv[2]
 ref = torch.load(out / "ref.pt")
 t = time.perf_counter()
@@ -204,11 +204,31 @@ def test_restore_writes_missing_files_only(cache: Path) -> None:
     assert not [p for p in cache.rglob("*.tkln")]
 
 
-def test_restore_skips_bundles_from_other_cpus(cache: Path) -> None:
-    report = kernels.restore(_fake_bundle({"inductor/ab/x.so": b"1"}, cpu="0" * 16))
+def test_restore_skips_bundles_from_cpus_with_extensions_this_one_lacks(cache: Path) -> None:
+    # Host-independent: an extension no real CPU reports, added to this CPU's own list.
+    here = tuple(fingerprint.cpu_isa_extensions() or ())
+    report = kernels.restore(_fake_bundle({"inductor/ab/x.so": b"1"}, cpu_isa=(*here, "zz_no_such_ext")))
     assert not report.cpu_matches
     assert report.written == 0
     assert not cache.exists() or not any(cache.rglob("x.so"))
+
+
+def test_restore_accepts_bundles_from_cpus_with_fewer_extensions(cache: Path) -> None:
+    here = tuple(fingerprint.cpu_isa_extensions() or ())
+    report = kernels.restore(_fake_bundle({"inductor/ab/y.so": b"1"}, cpu_isa=here[: len(here) // 2]))
+    assert report.cpu_matches
+    assert report.written == 1
+
+
+def test_restore_of_a_legacy_bundle_needs_the_exact_cpu(cache: Path) -> None:
+    blob = _fake_bundle({"inductor/ab/z.so": b"1"})
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(blob)).read(kernels.MANIFEST))
+    del manifest["cpu_isa"]
+    manifest["cpu"] = "0" * 16  # the digest of no real CPU
+    with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+        entries = [(info.filename, zf.read(info)) for info in zf.infolist()[1:]]
+    report = kernels.restore(_zip(entries, manifest=manifest))
+    assert not report.cpu_matches
 
 
 def _zip(entries: list[tuple[str, bytes]], *, mode: int = stat.S_IFREG | 0o644, manifest: Any = None) -> bytes:
@@ -288,7 +308,7 @@ def test_cache_dirs_match_torch_without_importing_inductor(tmp_path: Path) -> No
     odd = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "x" / ".." / "c"), "TRITON_CACHE_DIR": str(tmp_path / "t")}
     script = textwrap.dedent(f"""
         import os, sys
-        from torchkiln import kernels
+        from torchkiln import fingerprint, kernels
         cases = [{{}}, {odd!r}]
         def mirrors():
             out = []

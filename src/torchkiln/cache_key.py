@@ -229,7 +229,7 @@ def build(
                 "context": _torch_context(),
             },
         ),
-        ("fingerprint", fingerprint.to_dict),
+        ("fingerprint", fingerprint.key_fields),
     ]
     parts = []
     for part_name, describe in describers:

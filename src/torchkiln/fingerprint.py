@@ -18,13 +18,13 @@ import importlib.metadata
 import platform
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torchkiln.errors import IncompatibleArtifactError
 
-__all__ = ["DEFAULT_FORMAT_VERSION", "GPU_DEVICE_TYPES", "Fingerprint"]
+__all__ = ["DEFAULT_FORMAT_VERSION", "GPU_DEVICE_TYPES", "Fingerprint", "missing_cpu_isa"]
 
 #: The format version assumed for a fingerprint dict that does not carry one (there is only v1 so far).
 DEFAULT_FORMAT_VERSION = 1
@@ -142,6 +142,19 @@ class Fingerprint:
             extra={k: v for k, v in data.items() if k not in known},
         )
 
+    def key_fields(self) -> dict[str, Any]:
+        """What the cache key hashes: every field except ``cpu_isa``.
+
+        The CPU rule is one rule, here: an artifact's CPU kernels run on any CPU that has every instruction-set
+        extension the compiling CPU had (``missing_cpu_isa``). Hashing the exact extension list into the key would
+        make that rule unreachable (a superset host would never find the artifact) and split a fleet of AMD and
+        Intel hosts of one ``cpu_capability`` for nothing; so the key carries the coarse ``cpu_capability`` and the
+        load checks the list. An artifact a host cannot run is another *variant* of the key, not a key collision.
+        """
+        out = self.to_dict()
+        out.pop("cpu_isa", None)
+        return out
+
     def incompatibilities(self, other: Fingerprint) -> list[str]:
         """Why an artifact built for ``other`` cannot run where ``self`` was taken (``[]`` if it can).
 
@@ -170,14 +183,12 @@ class Fingerprint:
             differs("device", other.device_name, self.device_name)
         else:
             differs("cpu capability", other.cpu_capability, self.cpu_capability)
-            if other.cpu_isa is not None and self.cpu_isa is not None:
-                # A library built with -march=native runs on any CPU that has every extension it may use.
-                missing = sorted(set(other.cpu_isa) - set(self.cpu_isa))
-                if missing:
-                    reasons.append(
-                        "this CPU lacks instruction-set extensions the artifact's kernels were built for: "
-                        + ", ".join(missing)
-                    )
+            missing = missing_cpu_isa(other.cpu_isa, self.cpu_isa)
+            if missing:
+                reasons.append(
+                    "this CPU lacks instruction-set extensions the artifact's kernels were built for: "
+                    + ", ".join(missing)
+                )
         return reasons
 
     def check_compatible(self, other: Fingerprint, *, where: str = "") -> None:
@@ -193,6 +204,18 @@ class Fingerprint:
                     "(`torchkiln inspect` shows it)"
                 ),
             )
+
+
+def missing_cpu_isa(built: Sequence[str] | None, here: Sequence[str] | None) -> list[str]:
+    """The extensions kernels built on a CPU with ``built`` may use that a CPU with ``here`` lacks (sorted).
+
+    The one CPU compatibility rule (the key, ``incompatibilities`` and the kernel restore all use it): a library
+    built with ``-march=native`` runs on any CPU that has every extension it may use. Unknown lists (``None``:
+    no /proc/cpuinfo) cannot be compared and count as compatible; ``cpu_capability`` still has to match.
+    """
+    if built is None or here is None:
+        return []
+    return sorted(set(built) - set(here))
 
 
 def _opt_str(value: object) -> str | None:

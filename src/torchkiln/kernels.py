@@ -86,7 +86,7 @@ class KernelRecording:
     files: dict[str, bytes] = dataclasses.field(default_factory=dict)  # "inductor/ab/c.so" -> bytes
     settings: dict[str, bool] = dataclasses.field(default_factory=lambda: dict(PINNED_SETTINGS))
     isa: str | None = None  # Inductor's picked CPU vector ISA, e.g. "avx2"; None if never probed
-    cpu: str | None = None  # digest of this host's CPU feature flags (see _cpu_digest)
+    cpu_isa: tuple[str, ...] | None = None  # this CPU's instruction-set extensions (fingerprint.cpu_isa_extensions)
     torch_version: str = ""
 
 
@@ -100,7 +100,7 @@ class RestoreReport:
     seconds: float
     settings: dict[str, bool]
     isa: str | None
-    cpu_matches: bool  # False: restore wrote nothing (kernels built for other CPU features)
+    cpu_matches: bool  # False: restore wrote nothing (built on a CPU with extensions this one lacks)
     torch_version: str
     roots: tuple[str, ...]
 
@@ -138,19 +138,27 @@ def _cache_dirs_without_inductor() -> list[Path]:
     return [root, Path(triton) if triton else root / "triton" / "0"]
 
 
-def _cpu_digest() -> str:
-    """A digest of the CPU instruction-set extensions kernels may use.
+def _cpu_fits(manifest: dict[str, Any]) -> bool:
+    """Whether this CPU can run the bundle's kernels: the fingerprint's one CPU rule (``missing_cpu_isa``).
 
-    Inductor builds CPU kernels with ``-march=native`` but the flag, not the host, enters the
-    cache key: a .so built on an AVX-512 host has the same name on an AVX2 host and would crash
-    there with SIGILL. So bundles only restore onto hosts with the same extensions. Only the ISA
-    extensions count (the fingerprint's rule): flags such as ``hypervisor`` or mitigation bits
-    differ between hosts of one CPU model and must not block a restore.
+    Inductor builds CPU kernels with ``-march=native`` but the flag, not the host, enters the kernels' cache
+    key: a .so built on an AVX-512 host has the same name on an AVX2 host and would crash there with SIGILL. A
+    bundle restores onto a CPU that has every extension of the compiling one. Bundles written before the list
+    was recorded carry only ``cpu`` (a digest of the exact list): those restore onto an identical CPU only.
     """
-    from torchkiln.fingerprint import cpu_isa_extensions
+    from torchkiln.fingerprint import cpu_isa_extensions, missing_cpu_isa
 
-    text = f"{platform.machine()}|{sys.platform}|{' '.join(cpu_isa_extensions() or ())}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    here = cpu_isa_extensions()
+    built = manifest.get("cpu_isa")
+    if isinstance(built, list):
+        return manifest.get("machine") in (None, platform.machine()) and not missing_cpu_isa(
+            [str(f) for f in built], here
+        )
+    legacy = manifest.get("cpu")
+    if legacy is None:
+        return True
+    text = f"{platform.machine()}|{sys.platform}|{' '.join(here or ())}"
+    return bool(legacy == hashlib.sha256(text.encode()).hexdigest()[:16])
 
 
 @contextlib.contextmanager
@@ -201,7 +209,9 @@ def recording() -> Iterator[KernelRecording]:
             finally:
                 clear_caches()
         rec.isa = _picked_isa()
-        rec.cpu = _cpu_digest()
+        from torchkiln.fingerprint import cpu_isa_extensions
+
+        rec.cpu_isa = cpu_isa_extensions()
         rec.files = _collect(private)
         # The user's own cache gets the kernels too, so a plain torch.compile benefits. A courtesy:
         # the artifact does not depend on it, so a failure is logged, not raised.
@@ -249,7 +259,8 @@ def bundle(recording: KernelRecording) -> bytes:
         "torch": recording.torch_version,
         "settings": dict(sorted(recording.settings.items())),
         "isa": recording.isa,
-        "cpu": recording.cpu,
+        "machine": platform.machine(),
+        "cpu_isa": None if recording.cpu_isa is None else list(recording.cpu_isa),
         "files": {
             name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             for name, data in sorted(recording.files.items())
@@ -351,7 +362,7 @@ def restore(bundle: bytes) -> RestoreReport:
         settings = {
             key: bool(value) for key, value in dict(manifest.get("settings") or {}).items() if key in PINNED_SETTINGS
         }
-        cpu_matches = manifest.get("cpu") in (None, _cpu_digest())
+        cpu_matches = _cpu_fits(manifest)
         written = present = nbytes = 0
         if cpu_matches:
             for info in zf.infolist()[1:]:
