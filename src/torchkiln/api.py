@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import logging
 import os
 import time
@@ -38,6 +39,7 @@ from torchkiln.errors import (
 )
 from torchkiln.fingerprint import Fingerprint
 from torchkiln.store import Store, open_store
+from torchkiln.store.base import variant_key
 
 __all__ = ["CompiledModule", "compile", "request_key"]
 
@@ -116,30 +118,9 @@ class CompiledModule:
         for spec in reversed(self._specializations):
             if spec.function.guard_check(full_args, kwargs):
                 return spec.function(*full_args, **kwargs)
-        # No specialization fits (another shape, dtype, device...): its own key, loaded or compiled.
+        # No specialization fits (another shape, dtype, device, a module global or an attribute that changed):
+        # its key is looked up (every variant) or compiled, and kept beside the others.
         spec = self._resolve(args, kwargs)
-        if not spec.function.guard_check(full_args, kwargs):
-            # The key matched but torch's own guards reject these inputs (something the key does not describe):
-            # never run a graph on inputs it was not built for.
-            self._fallback(
-                IncompatibleArtifactError(
-                    f"the guards of {spec.key} reject the inputs it was built for",
-                    where=spec.key,
-                    fix="report it with `torchkiln inspect KEY` and the inputs; TORCHKILN_LOG=debug shows the key",
-                ),
-                "an artifact does not fit its own key",
-                then="running the target through plain torch.compile in this process",
-            )
-            spec.function = compiler.LoadedFunction(
-                compiler.jit_compile(
-                    self.target,
-                    is_module=self._is_module,
-                    dynamic=self._dynamic,
-                    backend=self._backend,
-                    options=self._options,
-                ),
-                jit=True,
-            )
         return spec.function(*full_args, **kwargs)
 
     @property
@@ -178,53 +159,94 @@ class CompiledModule:
         warnings.warn(f"torchkiln: {what}; {then}. {error}", TorchkilnWarning, stacklevel=4)
 
     def _try_load(
-        self, key: cache_key.CacheKey, fingerprint: Fingerprint, timings: dict[str, float]
+        self,
+        key: cache_key.CacheKey,
+        fingerprint: Fingerprint,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        timings: dict[str, float],
     ) -> tuple[_Specialization | None, bool]:
-        """(the loaded specialization or None, whether the store had an artifact for the key at all)."""
+        """(the variant of ``key`` that fits these inputs in this process, or None; whether any was stored).
+
+        The artifact under ``key`` is tried first, then its variants (store.variants): builds of the same key
+        whose inlined sources, re-checked guards or CPU extensions differ. A variant that does not fit is left
+        alone: it belongs to another version of the code (a rolling deploy), another value of a module global,
+        another CPU. Nothing here deletes or replaces anything.
+        """
         if self._store is None:
             return None, False
         start = time.perf_counter()
-        try:
-            data = self._store.get(key.key)
-        except StoreError as exc:
-            self._fallback(exc, f"cannot read the cache for {key.key}")
-            return None, False
-        timings["store_get"] = time.perf_counter() - start
-        if data is None:
-            return None, False
-        try:
-            return self._load(key, fingerprint, data, timings), True
-        except StaleArtifactError as exc:
-            # A source file changed: the artifact is outdated, not broken. Replace it (the caller holds no lock
-            # here, so a concurrent loader may still read the old object: it is stale, not torn).
-            log.info("%s", exc)
-            if self.strict:
-                raise
-            self._delete_quietly(key.key)
-        except TorchkilnError as exc:
-            self._fallback(exc, f"cannot use the cached artifact {key.key}")
-        return None, True
+        full_args = compiler.call_args(self.target, self._is_module, args)
+        found = False
+        first_error: TorchkilnError | None = None
+        candidates: list[str] | None = None
+        store_key: str | None = key.key
+        tried: set[str] = set()
+        while store_key is not None:
+            tried.add(store_key)
+            try:
+                data = self._store.get(store_key)
+            except StoreError as exc:
+                self._fallback(exc, f"cannot read the cache for {store_key}")
+                data = None
+            if data is not None:
+                found = True
+                timings["store_get"] = timings.get("store_get", 0.0) + time.perf_counter() - start
+                try:
+                    spec = self._load(key, store_key, fingerprint, data, timings)
+                    if spec.function.guard_check(full_args, kwargs):
+                        return spec, True
+                    log.info("the guards of %s reject these inputs: another variant of the key", store_key)
+                except StaleArtifactError as exc:
+                    log.info("%s", exc)  # another variant's artifact: not an error
+                    first_error = first_error or exc
+                except TorchkilnError as exc:
+                    self._fallback(
+                        exc,
+                        f"cannot use the cached artifact {store_key}",
+                        then="trying its variants, else compiling instead",
+                    )
+                start = time.perf_counter()
+            if candidates is None:
+                try:
+                    candidates = self._store.variants(key.key)
+                except StoreError as exc:
+                    self._fallback(exc, f"cannot list the variants of {key.key}")
+                    candidates = []
+            store_key = next((c for c in candidates if c not in tried), None)
+        timings["store_get"] = timings.get("store_get", 0.0) + time.perf_counter() - start
+        if found and self.strict and first_error is not None:
+            raise first_error
+        return None, found
 
     def _load(
-        self, key: cache_key.CacheKey, fingerprint: Fingerprint, data: bytes, timings: dict[str, float]
+        self, key: cache_key.CacheKey, store_key: str, fingerprint: Fingerprint, data: bytes, timings: dict[str, float]
     ) -> _Specialization:
         start = time.perf_counter()
-        decoded = artifact.decode(data, signing_key=artifact.signing_key_from_env(), where=key.key)
+        decoded = artifact.decode(data, signing_key=artifact.signing_key_from_env(), where=store_key)
         header = decoded.header
         stored = cache_key.CacheKey.from_dict(header.get("cache_key") or {})
         if stored.key != key.key:
             raise IncompatibleArtifactError(
-                f"the artifact stored under {key.key} was built for {stored.key}",
-                where=key.key,
+                f"the artifact stored under {store_key} was built for {stored.key}",
+                where=store_key,
                 fix="delete it with `torchkiln rm KEY`; `torchkiln explain` shows what differs",
             )
-        fingerprint.check_compatible(Fingerprint.from_dict(header.get("fingerprint") or {}), where=key.key)
+        built_for = Fingerprint.from_dict(header.get("fingerprint") or {})
+        if fingerprint.key_fields() == built_for.key_fields() and fingerprint.incompatibilities(built_for):
+            # Only the CPU extension list can differ under one key (fingerprint.key_fields): another CPU's variant.
+            raise StaleArtifactError(
+                "; ".join(fingerprint.incompatibilities(built_for)),
+                where=store_key,
+                fix="nothing to do: torchkiln looks for the variant built for this CPU, or compiles it",
+            )
+        fingerprint.check_compatible(built_for, where=store_key)
         changed = compiler.inlined_sources_changed(header.get("inlined_sources") or [])
         if changed:
             raise StaleArtifactError(
                 f"source changed since the artifact was built: {', '.join(changed[:5])}",
-                where=key.key,
-                fix="nothing to do: torchkiln recompiles and replaces the artifact",
+                where=store_key,
+                fix="nothing to do: torchkiln looks for the variant built from these sources, or compiles it",
             )
         timings["decode"] = time.perf_counter() - start
         start = time.perf_counter()
@@ -239,11 +261,20 @@ class CompiledModule:
         start = time.perf_counter()
         try:
             with kernels.loading(report):
-                function = compiler.load(decoded.sections["payload"], is_module=self._is_module, target=self.target)
+                function = compiler.load(
+                    decoded.sections["payload"],
+                    is_module=self._is_module,
+                    target=self.target,
+                    guards=header.get("guards") or [],
+                    guard_globals=header.get("guard_globals") or {},
+                )
+        except StaleArtifactError as exc:
+            exc.where = store_key
+            raise
         except Exception as exc:
-            raise _load_error(exc, key.key, self.target) from exc
+            raise _load_error(exc, store_key, self.target) from exc
         timings["load"] = time.perf_counter() - start
-        return _Specialization(key.key, function, header, len(data))
+        return _Specialization(store_key, function, header, len(data))
 
     def _load_or_compile(
         self,
@@ -253,7 +284,7 @@ class CompiledModule:
         kwargs: Mapping[str, Any],
         timings: dict[str, float],
     ) -> tuple[_Specialization, bool]:
-        spec, found = self._try_load(key, fingerprint, timings)
+        spec, found = self._try_load(key, fingerprint, args, kwargs, timings)
         if spec is not None:
             return spec, True
         if self._store is None:
@@ -268,10 +299,10 @@ class CompiledModule:
             return self._compile(key, fingerprint, args, kwargs, timings), False
         try:
             timings["lock_wait"] = time.perf_counter() - start
-            # Another process may have published while this one waited: load theirs. (If an artifact was there
-            # and unusable, it is not read and unpickled a second time: it gets replaced.)
+            # Another process may have published while this one waited: load theirs. (If artifacts were there
+            # and none fitted, they are not read and unpickled a second time: this process builds its variant.)
             if not found:
-                spec, _ = self._try_load(key, fingerprint, timings)
+                spec, _ = self._try_load(key, fingerprint, args, kwargs, timings)
                 if spec is not None:
                     return spec, True
             return self._compile(key, fingerprint, args, kwargs, timings), False
@@ -302,17 +333,31 @@ class CompiledModule:
                 options=self._options,
             )
         timings["compile"] = time.perf_counter() - start
-        function = compiler.LoadedFunction(result.function, jit=result.jit)
+        function = result.function
+        full_args = compiler.call_args(self.target, self._is_module, args)
+        if result.payload is not None and not function.guard_check(full_args, kwargs):
+            # torch's own guards reject the very inputs it compiled for: never run that graph unguarded.
+            result.save_error = "its guards reject the inputs it was compiled for"
+            result.payload = None
+            function = _jit_function(self)
+        unfated = [g for g in result.guards if g.get("fate") == "unfated"]
+        if result.payload is not None and unfated:
+            names = ", ".join(f"{g['guard_type']} {g['name']}" for g in unfated[:5])
+            result.save_error = (
+                f"{len(unfated)} guard(s) torch cannot save have no portable re-check ({names}); an artifact "
+                "without them could run where they do not hold"
+            )
+            result.payload = None
         if result.payload is None:
             # Compiled but not saveable (e.g. it names a class defined in __main__): still run it compiled here.
             self._fallback(
                 CompileError(
-                    f"torch compiled {key.key} but could not save it: {result.save_error}",
+                    f"torch compiled {key.key} but it cannot be saved: {result.save_error}",
                     where=key.key,
                     fix=compiler.hint_for(result.save_error or ""),
                 ),
                 "the artifact cannot be saved",
-                then="it runs compiled in this process only (plain torch.compile when aot_compile could not save)",
+                then="it runs compiled in this process only",
             )
             return _Specialization(key.key, function, {}, 0)
         start = time.perf_counter()
@@ -325,7 +370,8 @@ class CompiledModule:
             "cache_key": key.to_dict(),
             "fingerprint": fingerprint.to_dict(),
             "fixes_applied": result.fixes_applied,
-            "dropped_guards": result.dropped_guards,
+            "guards": result.guards,
+            "guard_globals": result.guard_globals,
             "inlined_sources": result.inlined_sources,
             "compile_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         }
@@ -335,29 +381,38 @@ class CompiledModule:
             signing_key=artifact.signing_key_from_env(),
         )
         timings["encode"] = time.perf_counter() - start
-        self._publish(key.key, data, timings)
-        return _Specialization(key.key, function, header, len(data))
+        store_key = self._publish(key.key, data, timings)
+        return _Specialization(store_key, function, header, len(data))
 
-    def _publish(self, key: str, data: bytes, timings: dict[str, float]) -> None:
+    def _publish(self, key: str, data: bytes, timings: dict[str, float]) -> str:
+        """Publish write-once under ``key``, or, when another build holds it, as a variant beside it (never
+        replacing anything: the other build is right for another process). Returns the store key used."""
         if self._store is None:
-            return
+            return key
         start = time.perf_counter()
+        store_key = key
         try:
             if not self._store.put(key, data):
-                # Occupied by an artifact this process could not use (stale, or built elsewhere): replace it.
-                self._store.delete(key)
-                self._store.put(key, data)
+                store_key = variant_key(key, hashlib.sha256(data).hexdigest())
+                if not self._store.put(store_key, data):
+                    log.info("variant %s was already published", store_key)
         except StoreError as exc:
-            self._fallback(exc, f"cannot publish {key}; the model still runs compiled in this process")
+            self._fallback(exc, f"cannot publish {store_key}", then="the model still runs compiled in this process")
         timings["publish"] = time.perf_counter() - start
+        return store_key
 
-    def _delete_quietly(self, key: str) -> None:
-        if self._store is None:
-            return
-        try:
-            self._store.delete(key)
-        except StoreError as exc:
-            log.warning("could not delete stale artifact %s: %s", key, exc)
+
+def _jit_function(module: CompiledModule) -> compiler.LoadedFunction:
+    return compiler.LoadedFunction(
+        compiler.jit_compile(
+            module.target,
+            is_module=module._is_module,
+            dynamic=module._dynamic,
+            backend=module._backend,
+            options=module._options,
+        ),
+        jit=True,
+    )
 
 
 def _request_key(

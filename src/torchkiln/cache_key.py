@@ -180,10 +180,17 @@ def _torch_context() -> dict[str, Any]:
     # them keeps an inference artifact and a training one from fighting over one key.
     import torch
 
+    # Autocast too: Dynamo's GLOBAL_STATE guard holds it and the traced graph casts under it; without it in the key
+    # a call under torch.autocast would find the fp32 artifact and fail its guards.
     return {
         "grad_enabled": torch.is_grad_enabled(),
         "default_dtype": str(torch.get_default_dtype()),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "autocast": {
+            device: [torch.is_autocast_enabled(device), str(torch.get_autocast_dtype(device))]
+            for device in ("cpu", "cuda")
+            if torch.is_autocast_enabled(device)
+        },
     }
 
 

@@ -9,8 +9,9 @@ Guards: torch's default filter for aot_compile drops guards by their *own* type 
 rejects guards whose *derived* guard types cannot be serialized (a ``CONSTANT_MATCH`` on the code object inside
 the decorator that wraps a transformers ``forward``, a ``BUILTIN_MATCH`` on an activation function), so every
 transformers model fails with ``PackageError: ID_MATCH guard cannot be serialized``. ``_SerializableGuardFilter``
-drops exactly the guards that cannot be serialized (own or derived type, plus globals), keeps the rest, and
-records what it dropped; the cache key's ``structure`` part takes over the dropped guards' job.
+keeps exactly the guards torch can serialize and check in another process, and gives every other one (own or
+derived type unserializable, or rooted in the compiling frame's globals) a re-check: guard_fates.py records a
+portable description of its value, checks it back here (``_self_check_guards``) and in the loading process.
 
 Loading unpickles: callers hand this module bytes that artifact.py has already verified (length, sha256, HMAC).
 """
@@ -30,8 +31,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchkiln import _entry, compat
-from torchkiln.errors import CompileError, InvalidTargetError
+from torchkiln import _entry, compat, guard_fates
+from torchkiln.errors import CompileError, InvalidTargetError, StaleArtifactError
 
 __all__ = [
     "CompileResult",
@@ -98,8 +99,10 @@ def call_args(target: Any, is_module: bool, args: Sequence[Any]) -> tuple[Any, .
 
 @dataclasses.dataclass
 class _SerializableGuardFilter:
+    """torch's guard filter for aot_compile: keep what torch can serialize, give every other guard a fate."""
+
     unsupported: frozenset[str]
-    dropped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    planner: guard_fates.FatePlanner = dataclasses.field(default_factory=guard_fates.FatePlanner)
 
     def __call__(self, entries: Sequence[Any]) -> list[bool]:
         keep: list[bool] = []
@@ -107,26 +110,42 @@ class _SerializableGuardFilter:
             derived = tuple(getattr(entry, "derived_guard_types", ()) or ())
             reasons = []
             if entry.is_global:
+                # The compiling frame's globals do not travel: torchkiln re-checks these in the loading process.
                 reasons.append("global")
             if entry.guard_type in self.unsupported:
                 reasons.append(f"type {entry.guard_type}")
             reasons += [f"derived {t}" for t in derived if t in self.unsupported]
             if reasons:
-                self.dropped.append({"name": entry.name, "guard_type": entry.guard_type, "why": ", ".join(reasons)})
+                self.planner.dropped(
+                    entry.name,
+                    entry.guard_type,
+                    is_global=bool(entry.is_global),
+                    value=getattr(entry, "value", None),
+                    has_value=bool(getattr(entry, "has_value", False)),
+                    why=", ".join(reasons),
+                )
+            else:
+                self.planner.kept(
+                    entry.name,
+                    entry.guard_type,
+                    value=getattr(entry, "value", None),
+                    has_value=bool(getattr(entry, "has_value", False)),
+                )
             keep.append(not reasons)
         return keep
 
 
 @dataclasses.dataclass
 class CompileResult:
-    function: Any  # torch's AOTCompiledFunction, callable
+    function: LoadedFunction  # the compiled function, with its re-checks
     payload: bytes | None  # None when torch compiled the target but could not serialize it (see save_error)
-    dropped_guards: list[dict[str, Any]]
+    guards: list[dict[str, Any]]  # every guard and its fate (guard_fates.GuardRecord.to_dict)
     inlined_sources: list[dict[str, Any]]
     device_type: str
     fixes_applied: list[str]
     seconds: dict[str, float]
     save_error: str | None = None
+    guard_globals: dict[str, str] = dataclasses.field(default_factory=dict)  # Rechecker.roots
     #: ``function`` is a plain torch.compile wrapper (recompiles itself on new inputs; no guard_check)
     jit: bool = False
 
@@ -240,9 +259,11 @@ def compile_target(
         # process through plain torch.compile (JIT, not saved); the caller decides whether that is acceptable.
         seconds["aot_compile"] = time.perf_counter() - start
         return CompileResult(
-            function=jit_compile(target, is_module=is_module, dynamic=dynamic, backend=backend, options=options),
+            function=LoadedFunction(
+                jit_compile(target, is_module=is_module, dynamic=dynamic, backend=backend, options=options), jit=True
+            ),
             payload=None,
-            dropped_guards=guard_filter.dropped,
+            guards=guard_filter.planner.to_header(),
             inlined_sources=[],
             device_type="unknown",
             fixes_applied=[s.id for s in statuses if s.state is compat.FixState.APPLIED],
@@ -259,17 +280,32 @@ def compile_target(
     except Exception as exc:  # the compiled function still works in this process; the caller decides
         save_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:2000] if str(exc) else ''}"
     seconds["serialize"] = time.perf_counter() - start
+    roots = _self_check_guards(guard_filter.planner, compiled, call_args(target, is_module, args), kwargs)
     artifacts = compiled._artifacts
+    guards = guard_filter.planner.to_header()
     return CompileResult(
-        function=compiled,
+        function=LoadedFunction(compiled, rechecker=guard_fates.Rechecker.of(guards, roots)),
         payload=payload,
-        dropped_guards=guard_filter.dropped,
+        guards=guards,
+        guard_globals=roots,
         inlined_sources=_describe_inlined_sources(artifacts.source_info),
         device_type=str(artifacts.device_type),
         fixes_applied=[s.id for s in statuses if s.state is compat.FixState.APPLIED],
         seconds=seconds,
         save_error=save_error,
     )
+
+
+def _self_check_guards(
+    planner: guard_fates.FatePlanner, compiled: Any, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> dict[str, str]:
+    """Evaluate every re-check against the compiled function's own globals and frame: what does not reproduce its
+    recorded value here could never pass in another process, so it has no fate (and the artifact is not saved)."""
+    fn = getattr(compiled, "fn", None)
+    prepare = getattr(compiled, "prepare_f_locals", None)
+    if fn is None or prepare is None:  # a torch whose AOTCompiledFunction lacks them: nothing can be re-checked
+        return planner.self_check({}, {})
+    return planner.self_check(fn.__globals__, prepare(*args, **kwargs))
 
 
 def jit_compile(
@@ -299,23 +335,40 @@ def _serialize(compiled: Any) -> bytes:
 
 @dataclasses.dataclass
 class LoadedFunction:
-    """A deserialized artifact: call it like the compiled function (module first for module targets)."""
+    """A compiled or deserialized artifact: call it like the compiled function (module first for module targets).
+
+    ``guard_check`` is torch's own (kept) guards plus torchkiln's re-checks of the guards torch could not keep
+    (guard_fates.py): an input fits only when both hold.
+    """
 
     function: Any
     #: True for an artifact read from the cache, False for one compiled in this process
     loaded: bool = False
     #: a plain torch.compile wrapper: it guards and recompiles by itself, so every input "fits"
     jit: bool = False
+    rechecker: guard_fates.Rechecker = dataclasses.field(default_factory=lambda: guard_fates.Rechecker(()))
 
     def __post_init__(self) -> None:
         # CompiledModule checks guards itself to pick a specialization; torch would check them a second time.
         disable = getattr(self.function, "disable_guard_check", None)
-        if disable is not None:
+        if disable is not None and not self.jit:
             disable()
         self._first_call = self.loaded
 
+    def global_mismatches(self) -> list[str]:
+        """The re-checked guards on module globals that do not hold in this process (checked before a first call)."""
+        if self.jit or not self.rechecker.records:
+            return []
+        return self.rechecker.mismatches(self.function.fn.__globals__, None, scope="global")
+
     def guard_check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
-        return self.jit or bool(self.function.guard_check(*args, **kwargs))
+        if self.jit:
+            return True
+        if not self.function.guard_check(*args, **kwargs):
+            return False
+        if not self.rechecker.records:
+            return True
+        return self.rechecker.check_call(self.function.fn.__globals__, self.function.prepare_f_locals(*args, **kwargs))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._first_call:
@@ -332,14 +385,33 @@ class LoadedFunction:
         return self.function(*args, **kwargs)
 
 
-def load(payload: bytes, *, is_module: bool, target: Any) -> LoadedFunction:
-    """Deserialize verified bytes into a callable (the bytes must come from artifact.decode)."""
+def load(
+    payload: bytes,
+    *,
+    is_module: bool,
+    target: Any,
+    guards: Sequence[Mapping[str, Any]] = (),
+    guard_globals: Mapping[str, str] | None = None,
+) -> LoadedFunction:
+    """Deserialize verified bytes into a callable (the bytes must come from artifact.decode).
+
+    ``guards`` is the header's guard list: its re-checks on module globals must hold here (``StaleArtifactError``
+    otherwise: this artifact is another variant of the key), those on the arguments are checked at each call.
+    """
     import torch.compiler
 
     f_globals = vars(_entry) if is_module else target.__globals__
     with _in_process_kernel_loading():
         function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
-    return LoadedFunction(function, loaded=True)
+    loaded = LoadedFunction(function, loaded=True, rechecker=guard_fates.Rechecker.of(guards, guard_globals))
+    mismatches = loaded.global_mismatches()
+    if mismatches:
+        raise StaleArtifactError(
+            f"{len(mismatches)} module global(s) the graph was specialized on differ here: "
+            + "; ".join(mismatches[:3]),
+            fix="nothing to do: torchkiln looks for the variant built for these values, or compiles it",
+        )
+    return loaded
 
 
 @contextlib.contextmanager

@@ -145,14 +145,18 @@ def test_inspect_by_key_and_by_path(built: Built) -> None:
     assert [s["name"] for s in report["sections"]] == ["payload", "kernels"]
     assert report["integrity"].startswith("ok")
     assert report["signed"] is False
-    assert report["dropped_guards_count"] == len(header["dropped_guards"])
+    fates = report["guard_fates"]
+    assert fates["kept"] > 0
+    assert fates["unfated"] == 0
+    assert sum(fates.values()) == len(header["guards"])
+    assert all(g["fate"] in ("kept", "re-checked", "keyed") for g in header["guards"])
     assert {"fixes_applied", "inlined_sources", "fingerprint", "compile_seconds"} <= set(header)
     by_path = cli("inspect", str(built.path(key)), "--json")
     assert by_path.rc == 0
     assert by_path.json()["header"] == header
     text = cli("inspect", key, "--cache", str(built.cache))
     assert text.rc == 0
-    for word in ("sections", "payload", "inlined sources", "dropped guards", "cli.targets.TinyModel"):
+    for word in ("sections", "payload", "inlined sources", "guard fates", "re-checked", "cli.targets.TinyModel"):
         assert word in text.out, word
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from torchkiln.errors import StoreError
-from torchkiln.store.base import Store
+from torchkiln.store.base import Store, variant_key
 
 __all__ = ["BAD_KEYS", "StoreContract", "payload"]
 
@@ -131,6 +131,19 @@ class StoreContract:
         data = payload(1, 3 * 1024 * 1024 + 7)
         assert store.put("model-abc", data) is True
         assert store.get("model-abc") == data
+
+    def test_variants_coexist_and_are_listed(self, store: Store) -> None:
+        key = "model-" + "a" * 64
+        first, second = variant_key(key, "0123456789abcdef" * 4), variant_key(key, "fedcba9876543210" * 4)
+        assert store.put(key, b"primary") is True
+        assert store.variants(key) == []
+        assert store.put(second, b"v2") is True
+        assert store.put(first, b"v1") is True
+        assert store.put("model-" + "a" * 63 + "b", b"other key") is True  # a different key is no variant
+        assert store.put(key + "x", b"x") is True  # nor a key that merely starts with it
+        assert store.variants(key) == sorted([first, second])
+        assert (store.get(key), store.get(first), store.get(second)) == (b"primary", b"v1", b"v2")
+        assert {first, second, key} <= {e.key for e in store.list()}
 
     def test_write_once(self, store: Store) -> None:
         assert store.put("k-1", b"first") is True

@@ -40,6 +40,7 @@ from torchkiln.cli._cachelib import (
     verify_one,
 )
 from torchkiln.errors import TorchkilnError
+from torchkiln.guard_fates import fate_counts
 from torchkiln.store import ARTIFACT_SUFFIX, open_store
 
 __all__ = ["register"]
@@ -81,6 +82,9 @@ def register(subparsers: Any) -> None:
     add("ls", _ls, "list the cached artifacts, most recently used first")
     inspect = add("inspect", _inspect, "show an artifact's header and sections (by .tkln path or by key)")
     inspect.add_argument("artifact", metavar="ARTIFACT|KEY")
+    inspect.add_argument(
+        "--guards", type=int, default=30, metavar="N", help="show N of the guards torch does not keep (default 30)"
+    )
     verify = add("verify", _verify, "check hashes (and signatures, with a signing key) of cached artifacts")
     verify.add_argument("keys", nargs="*", metavar="KEY", help="keys or .tkln paths (none: every artifact)")
     verify.add_argument("--all", action="store_true", help="every artifact in the cache (the default)")
@@ -222,14 +226,15 @@ def _inspect(args: argparse.Namespace) -> int:
     except TorchkilnError as exc:
         signed, integrity = None, f"FAILED: {exc.what}"
     sections = [{"name": s["name"], "bytes": s["length"], "sha256": s["sha256"]} for s in header["sections"]]
-    dropped = header.get("dropped_guards") or []
+    guards = header.get("guards") or []
+    not_kept = [g for g in guards if g.get("fate") != "kept"]
     report = {
         "artifact": where,
         "bytes": len(data),
         "integrity": integrity,
         "signed": signed,
         "sections": sections,
-        "dropped_guards_count": len(dropped),
+        "guard_fates": fate_counts(guards),
         "header": header,
     }
     if args.json:
@@ -253,7 +258,7 @@ def _inspect(args: argparse.Namespace) -> int:
         ("integrity", integrity),
         ("compile s", json.dumps(header.get("compile_seconds"))),
         ("fixes applied", ", ".join(header.get("fixes_applied") or []) or "none"),
-        ("dropped guards", str(len(dropped))),
+        ("guard fates", ", ".join(f"{n} {fate}" for fate, n in fate_counts(guards).items())),
     ):
         summary.add_row(f"[bold]{label}[/bold]", escape(str(value)))
     console.print(summary)
@@ -261,10 +266,19 @@ def _inspect(args: argparse.Namespace) -> int:
     for s in sections:
         table.add_row(s["name"], str(s["bytes"]), s["sha256"][:16] + "...")
     console.print(table)
-    for guard in dropped[:20]:
-        console.print(
-            f"  dropped guard {guard.get('guard_type')} {guard.get('name')}: {guard.get('why')}", markup=False
-        )
+    if not_kept:
+        table = Table("fate", "guard", "on", "checked as", title="guards torch does not keep (all: --json)")
+        for guard in not_kept[: args.guards]:
+            check = guard.get("check")
+            table.add_row(
+                str(guard.get("fate")),
+                str(guard.get("guard_type")),
+                escape(str(guard.get("name"))[:90]),
+                escape(json.dumps(check)[:60] if check is not None else str(guard.get("why"))[:60]),
+            )
+        console.print(table)
+        if len(not_kept) > args.guards:
+            console.print(f"  ... {len(not_kept) - args.guards} more (--guards N)")
     sources = header.get("inlined_sources") or []
     console.print(f"[bold]inlined sources[/bold] ({len(sources)})")
     for src in sources[:30]:

@@ -9,6 +9,9 @@ turns that into a miss. The contract, enforced for every backend by tests/store/
   of an existing key leaves the first object in place and returns ``False``.
 - ``lock(key)`` is held by one compiler per key across every process that shares the store; waiters get the
   lock once the holder releases or dies, or ``StoreError`` once ``timeout`` seconds have passed.
+- ``variants(key)`` lists the other artifacts published for the same key (``<key>.<16 hex>``): builds whose
+  validation facts differ (an inlined helper module of another version, a module global with another value, a
+  CPU with other extensions). They coexist; a load picks the one that fits, ``gc`` ages them out like any other.
 - Every failure is a ``StoreError`` (an ``OSError``) that names the store and the key.
 """
 
@@ -23,7 +26,17 @@ from typing import Protocol, runtime_checkable
 
 from torchkiln.errors import StoreError
 
-__all__ = ["ARTIFACT_SUFFIX", "INSTALL_HINTS", "KEY_RE", "Store", "StoreEntry", "check_key", "evict_lru"]
+__all__ = [
+    "ARTIFACT_SUFFIX",
+    "INSTALL_HINTS",
+    "KEY_RE",
+    "Store",
+    "StoreEntry",
+    "check_key",
+    "evict_lru",
+    "is_variant_of",
+    "variant_key",
+]
 
 #: Keys are file names locally and object names remotely: a portable alphabet, no path separators.
 KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -41,6 +54,19 @@ INSTALL_HINTS = {
 
 #: Every artifact object ends in this suffix under the store's versioned root (``<root>/v1/<key>.tkln``).
 ARTIFACT_SUFFIX = ".tkln"
+
+
+_VARIANT_SUFFIX = re.compile(r"\.[0-9a-f]{16}")
+
+
+def variant_key(key: str, digest: str) -> str:
+    """The store key of a variant of ``key``: ``<key>.<first 16 hex of the artifact's sha256>`` (content-addressed,
+    so two machines publishing the same build collide harmlessly and different builds never do)."""
+    return f"{key}.{digest[:16]}"
+
+
+def is_variant_of(candidate: str, key: str) -> bool:
+    return candidate.startswith(key) and bool(_VARIANT_SUFFIX.fullmatch(candidate[len(key) :]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +99,10 @@ class Store(Protocol):
 
     def list(self) -> builtins.list[StoreEntry]:
         """Every stored artifact, in no particular order."""
+        ...
+
+    def variants(self, key: str) -> builtins.list[str]:
+        """The store keys of ``key``'s variants (``variant_key``), sorted; not ``key`` itself."""
         ...
 
     def lock(self, key: str, timeout: float) -> AbstractContextManager[None]:

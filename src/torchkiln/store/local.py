@@ -29,7 +29,7 @@ from pathlib import Path
 import filelock
 
 from torchkiln.errors import StoreError
-from torchkiln.store.base import ARTIFACT_SUFFIX, KEY_RE, StoreEntry, check_key
+from torchkiln.store.base import ARTIFACT_SUFFIX, KEY_RE, StoreEntry, check_key, is_variant_of
 
 __all__ = ["LAYOUT_VERSION", "TEMP_GRACE_S", "LocalStore"]
 
@@ -262,6 +262,10 @@ class LocalStore:
             raise
         except OSError as exc:
             raise self._error("cannot list the cache", exc) from exc
+
+    def variants(self, key: str) -> builtins.list[str]:
+        check_key(key, where=self._where(key))
+        return sorted(e.key for e in self.list() if is_variant_of(e.key, key))
 
     def _scan(self) -> Iterator[StoreEntry]:
         with os.scandir(self.dir) as it:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 from torchkiln.errors import StoreError
-from torchkiln.store.base import StoreEntry, check_key
+from torchkiln.store.base import StoreEntry, check_key, is_variant_of
 
 __all__ = ["MemoryStore"]
 
@@ -89,6 +89,11 @@ class MemoryStore:
     def list(self) -> builtins.list[StoreEntry]:
         with self._bucket.mutex:
             return [StoreEntry(key, len(o.data), o.last_used) for key, o in self._bucket.objects.items()]
+
+    def variants(self, key: str) -> builtins.list[str]:
+        check_key(key, where=self._where(key))
+        with self._bucket.mutex:
+            return sorted(k for k in self._bucket.objects if is_variant_of(k, key))
 
     @contextlib.contextmanager
     def lock(self, key: str, timeout: float) -> Iterator[None]:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from torchkiln.errors import StoreError
-from torchkiln.store.base import ARTIFACT_SUFFIX, INSTALL_HINTS, StoreEntry, check_key, evict_lru
+from torchkiln.store.base import ARTIFACT_SUFFIX, INSTALL_HINTS, StoreEntry, check_key, evict_lru, is_variant_of
 from torchkiln.store.lease import DEFAULT_TTL, ENV_LEASE_TTL, Lease, ObjectLeaseIO, acquire_lease
 
 __all__ = ["DEFAULT_TIMEOUT", "ENV_TIMEOUT", "RemoteStore", "remote_timeout"]
@@ -300,6 +300,14 @@ class RemoteStore:
             key = name[: -len(ARTIFACT_SUFFIX)]
             entries.append(StoreEntry(key=key, size=int(info.get("size") or 0), last_used=_mtime(info)))
         return entries
+
+    def variants(self, key: str) -> builtins.list[str]:
+        """One prefix listing (S3 ListObjectsV2 with a prefix), not a listing of the whole bucket."""
+        self._check_key(key)
+        pattern = f"{self.root}/{key}.*{ARTIFACT_SUFFIX}"
+        paths = self._call("list variants", key, lambda: self._fs.glob(pattern))
+        names = (str(p).rstrip("/").rsplit("/", 1)[-1][: -len(ARTIFACT_SUFFIX)] for p in paths)
+        return sorted(n for n in names if is_variant_of(n, key))
 
     def gc(self, max_size: int) -> builtins.list[str]:
         """Evict the oldest-written artifacts (S3 keeps no read times) until at most ``max_size`` bytes stay.

@@ -132,6 +132,11 @@ class TieredStore:
             merged[entry.key] = StoreEntry(key=entry.key, size=entry.size, last_used=last_used)
         return builtins.list(merged.values())
 
+    def variants(self, key: str) -> builtins.list[str]:
+        no_keys: builtins.list[str] = []
+        remote = self._remote("list", lambda: self.remote.variants(key), no_keys)
+        return sorted(set(self.local.variants(key)) | set(remote))
+
     def gc(self, max_size: int) -> builtins.list[str]:
         """LRU over the merged view, evicting from both tiers, so ``list()`` ends at most ``max_size`` bytes.
 

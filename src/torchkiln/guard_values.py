@@ -1,0 +1,168 @@
+"""Portable descriptions of guarded values: what "the same value" means in another process.
+
+A guard torch cannot serialize checks an object's identity (a module, a class, a function, a builtin, a closure
+cell) or a value held in the compiling frame's globals. Identity does not exist across processes, so each value is
+described by something a fresh process can compare: a module, class, function, builtin or code object by import
+name (functions and code also by a digest of their bytecode, never their file path or line numbers: a moved
+checkout is the same code), a constant by value, a dict or an object's ``__dict__`` by its keys, a sequence by its
+length, and anything else by its type. guard_fates.py decides which guards get a re-check; this module only says
+what a value looks like. Pure Python: no torch import.
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+import hashlib
+import importlib
+import math
+import re
+import types
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ROOT_RE", "describe", "resolve_root", "root_token"]
+
+_MAX_KEYS = 512
+
+
+# -- portable descriptions --------------------------------------------------------------------------------------
+def _code_digest(code: types.CodeType) -> str:
+    """Bytecode, names and constants; not the file path or line numbers (a moved checkout is the same code)."""
+    hasher = hashlib.sha256()
+
+    def feed(c: types.CodeType) -> None:
+        hasher.update(c.co_code)
+        hasher.update(repr((c.co_names, c.co_varnames, c.co_freevars, c.co_cellvars, c.co_argcount)).encode())
+        for const in c.co_consts:
+            if isinstance(const, types.CodeType):
+                feed(const)
+            else:
+                hasher.update(repr(const).encode())
+
+    feed(code)
+    return hasher.hexdigest()[:16]
+
+
+def _name_token(value: Any) -> str | None:  # noqa: PLR0911 - one early return per kind of object reads clearest
+    """A name a fresh process resolves to "the same" object, or None for objects that have none."""
+    if isinstance(value, types.ModuleType):
+        return f"module {value.__name__}"
+    if isinstance(value, type):
+        return f"class {value.__module__}.{value.__qualname__}"
+    if isinstance(value, enum.Enum):
+        return f"enum {type(value).__module__}.{type(value).__qualname__}.{value.name}"
+    if isinstance(value, types.FunctionType):
+        return f"function {value.__module__}.{value.__qualname__} {_code_digest(value.__code__)}"
+    if isinstance(value, types.CodeType):
+        return f"code {getattr(value, 'co_qualname', value.co_name)} {_code_digest(value)}"
+    if isinstance(value, types.MethodType):
+        inner = _name_token(value.__func__)
+        return None if inner is None else f"method {inner} of {_owner_token(value.__self__)}"
+    if isinstance(
+        value,
+        types.BuiltinFunctionType
+        | types.MethodDescriptorType
+        | types.WrapperDescriptorType
+        | types.MethodWrapperType
+        | types.ClassMethodDescriptorType
+        | types.GetSetDescriptorType
+        | types.MemberDescriptorType,
+    ):
+        owner = getattr(value, "__self__", None)
+        owner_token = "" if owner is None or isinstance(owner, types.ModuleType) else f" of {_owner_token(owner)}"
+        module = str(getattr(value, "__module__", None) or getattr(type(owner), "__module__", "?"))
+        return f"builtin {module}.{getattr(value, '__qualname__', getattr(value, '__name__', '?'))}{owner_token}"
+    if isinstance(value, property | staticmethod | classmethod):
+        parts = [_name_token(getattr(value, n, None)) for n in ("fget", "__func__")]
+        named = [p for p in parts if p]
+        return f"{type(value).__name__} {named[0]}" if named else None
+    return None
+
+
+def _owner_token(owner: Any) -> str:
+    return _name_token(owner) or f"an instance of {_name_token(type(owner))}"
+
+
+def _constant(value: Any, depth: int = 0) -> tuple[bool, Any]:
+    """(True, JSON form) for a value compared by equality: None, bool, int, float, str, tuples/lists of those,
+    torch dtypes and devices (by their text); (False, None) otherwise."""
+    if value is None or isinstance(value, bool | int | str):
+        return True, value
+    if isinstance(value, float):
+        return True, value if math.isfinite(value) else repr(value)
+    if isinstance(value, tuple | list) and depth < 4 and len(value) <= 64:
+        items = [_constant(v, depth + 1) for v in value]
+        return (all(ok for ok, _ in items), [v for _, v in items])
+    module = type(value).__module__
+    if module == "torch" and type(value).__name__ in ("dtype", "device", "layout", "memory_format"):
+        return True, str(value)
+    return False, None
+
+
+def _keys(mapping: Mapping[Any, Any]) -> list[str] | None:
+    if len(mapping) > _MAX_KEYS:
+        return None
+    return sorted(repr(k) if not isinstance(k, str) else k for k in mapping)
+
+
+_BY_KEYS = {
+    "DICT_KEYS_MATCH",
+    "DICT_KEYS",
+    "DICT_CONTAINS",
+    "DICT_NOT_CONTAINS",
+    "DICT_VERSION",
+    "NOT_PRESENT_IN_GENERIC_DICT",
+    "HASATTR",
+}
+
+
+def describe(guard_type: str, value: Any) -> dict[str, Any] | None:  # noqa: PLR0911 - one return per kind of check
+    """The portable description a re-check compares, chosen by what the guard checked; None: none exists."""
+    if guard_type == "SEQUENCE_LENGTH":
+        try:
+            return {"len": len(value)}
+        except TypeError:
+            return None
+    if guard_type == "TYPE_MATCH":
+        token = _name_token(type(value))
+        return None if token is None else {"type": token}
+    if guard_type in _BY_KEYS:
+        mapping = value if isinstance(value, Mapping) else getattr(value, "__dict__", None)
+        keys = _keys(mapping) if isinstance(mapping, Mapping) else None
+        if keys is None:
+            return None
+        return {"keys": keys, "type": _name_token(type(value))}
+    ok, constant = _constant(value)
+    if ok:
+        return {"eq": constant, "type": _name_token(type(value))}
+    token = _name_token(value)
+    if token is not None:
+        return {"is": token}
+    # An object with no importable name (a registry instance, a config object held in a global): the same name
+    # must hold an object of the same type. What the graph read from it is guarded through its own sources.
+    type_token = _name_token(type(value))
+    return None if type_token is None else {"type": type_token, "nameless": True}
+
+
+# -- the globals guard expressions start from --------------------------------------------------------------------
+ROOT_RE = re.compile(r"^G\[(['\"])(.+?)\1\]")
+
+
+def root_token(value: Any) -> str | None:
+    """How a fresh process rebuilds a global that Dynamo installed for its guards (``__import_<mod>``, a builtins
+    dict): a module by import name, or this interpreter's builtins. None: it cannot be rebuilt."""
+    if isinstance(value, types.ModuleType):
+        return f"module {value.__name__}"
+    if value is builtins.__dict__:
+        return "builtins"
+    return None
+
+
+def resolve_root(token: str) -> Any:
+    if token == "builtins":
+        return builtins.__dict__
+    kind, _, name = token.partition(" ")
+    if kind == "module":
+        return importlib.import_module(name)
+    raise LookupError(f"cannot rebuild a global from {token!r}")
