@@ -13,6 +13,7 @@ must then be found (a hit), and right.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from helpers.procs import HELPERS, parse_result, run_script
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("g++") is None, reason="Inductor's CPU backend needs g++"),
-    pytest.mark.compat,
+    pytest.mark.compat,  # the 2.11 compat lane runs every case
 ]
 
 CHILD = HELPERS / "guard_case_child.py"
@@ -48,17 +49,26 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert record["error"] is None, record
         assert record["hit"] is False
         assert record["max_diff"] <= DEFAULT_TOL
-    (cache / "baseline.json").write_text(__import__("json").dumps(baseline))
+    (cache / "baseline.json").write_text(json.dumps(baseline))
     return cache
 
 
 def _baseline_key(cache: Path, case: str) -> str:
-    records = __import__("json").loads((cache / "baseline.json").read_text())
+    records = json.loads((cache / "baseline.json").read_text())
     target = "closure_same" if guard_cases.CASES[case].get("target") == "closure" else "same"
     return next(r["store_key"] for r in records if r["case"] == target)
 
 
-@pytest.mark.parametrize("case", sorted(guard_cases.CASES))
+#: The default lane's representative subset (about 30 s a case on 2 cores): one of each mechanism, a module global
+#: and a closure cell (re-checked), a class attribute (kept and re-checked), a config attribute (kept), autocast
+#: (keyed), and what must hit. Every case runs in the slow lane and in the 2.11 compat lane.
+DEFAULT_LANE = {"module_global", "class_attribute", "closure_cell", "config_attribute", "autocast", "same"}
+DEFAULT_LANE |= {"new_weights", "unrelated_env"}
+
+
+@pytest.mark.parametrize(
+    "case", [c if c in DEFAULT_LANE else pytest.param(c, marks=pytest.mark.slow) for c in sorted(guard_cases.CASES)]
+)
 def test_case_is_right_in_a_fresh_process(case: str, cache: Path, tmp_path: Path) -> None:
     spec = guard_cases.CASES[case]
     env = dict(spec.get("env") or {})

@@ -59,7 +59,9 @@ def _configure_logging() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[torchkiln %(levelname)s] %(name)s: %(message)s"))
         log.addHandler(handler)
-        log.setLevel(level if level in logging.getLevelNamesMapping() else logging.DEBUG)
+        # logging.getLevelName maps a known name to its number (getLevelNamesMapping is Python >= 3.11 only).
+        known = logging.getLevelName(level)
+        log.setLevel(known if isinstance(known, int) else logging.DEBUG)
 
 
 def _device_type(target: Any, is_module: bool, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:

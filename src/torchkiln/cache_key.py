@@ -175,22 +175,30 @@ def _codegen_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def _torch_context() -> dict[str, Any]:
-    # Global state that Dynamo bakes into a graph at compile time (grad mode decides whether an autograd
-    # graph is built; the default dtype types python-float constants). torch guards these on load too; keying
-    # them keeps an inference artifact and a training one from fighting over one key.
+    # The global state Dynamo's GLOBAL_STATE guard holds (torch/csrc/dynamo/guards.cpp, GlobalStateGuard): grad
+    # mode, autocast per device, the default dtype, deterministic mode, the matmul precision flags and the number
+    # of intra-op threads. torch keeps that guard and would reject a call under other state, so each state is
+    # its own key (an inference and a training artifact do not fight over one key; a host whose OMP_NUM_THREADS
+    # differs gets its own build instead of a guard failure).
     import torch
 
-    # Autocast too: Dynamo's GLOBAL_STATE guard holds it and the traced graph casts under it; without it in the key
-    # a call under torch.autocast would find the fp32 artifact and fail its guards.
+    matmul = torch.backends.cuda.matmul
     return {
         "grad_enabled": torch.is_grad_enabled(),
         "default_dtype": str(torch.get_default_dtype()),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
         "autocast": {
-            device: [torch.is_autocast_enabled(device), str(torch.get_autocast_dtype(device))]
+            device: str(torch.get_autocast_dtype(device))
             for device in ("cpu", "cuda")
             if torch.is_autocast_enabled(device)
         },
+        "num_threads": torch.get_num_threads(),
+        "matmul": [
+            bool(matmul.allow_tf32),
+            bool(matmul.allow_fp16_reduced_precision_reduction),
+            bool(matmul.allow_bf16_reduced_precision_reduction),
+        ],
     }
 
 

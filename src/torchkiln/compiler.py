@@ -241,6 +241,7 @@ def compile_target(
     compile_options["guard_filter_fn"] = guard_filter
     fn: Callable[..., Any] = _entry.call_module if is_module else target
     where = type(target).__qualname__ if is_module else target.__qualname__
+    loader_globals = _portable_globals(target, is_module)  # before Dynamo installs its own names there
     start = time.perf_counter()
     try:
         with compat.compile_scope():
@@ -280,7 +281,9 @@ def compile_target(
     except Exception as exc:  # the compiled function still works in this process; the caller decides
         save_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:2000] if str(exc) else ''}"
     seconds["serialize"] = time.perf_counter() - start
-    roots = _self_check_guards(guard_filter.planner, compiled, call_args(target, is_module, args), kwargs)
+    roots = _self_check_guards(
+        guard_filter.planner, compiled, call_args(target, is_module, args), kwargs, loader_globals
+    )
     artifacts = compiled._artifacts
     guards = guard_filter.planner.to_header()
     return CompileResult(
@@ -296,16 +299,34 @@ def compile_target(
     )
 
 
+def _loader_globals(target: Any, is_module: bool) -> dict[str, Any]:
+    """The ``f_globals`` ``load`` gives torch: torchkiln's entry module for modules, a function's own globals."""
+    return vars(_entry) if is_module else target.__globals__
+
+
+#: Names Dynamo installs into the compiling frame's globals (``__import_<mod>``, ``___module_<name>_<id>_c<N>``,
+#: ``__builtins_dict___<N>``): present in this process's globals after a compile, absent in a fresh one.
+_DYNAMO_INSTALLED = ("__import_", "___", "__builtins_dict")
+
+
+def _portable_globals(target: Any, is_module: bool) -> dict[str, Any]:
+    return {k: v for k, v in _loader_globals(target, is_module).items() if not k.startswith(_DYNAMO_INSTALLED)}
+
+
 def _self_check_guards(
-    planner: guard_fates.FatePlanner, compiled: Any, args: Sequence[Any], kwargs: Mapping[str, Any]
+    planner: guard_fates.FatePlanner,
+    compiled: Any,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    loader_globals: Mapping[str, Any],
 ) -> dict[str, str]:
     """Evaluate every re-check against the compiled function's own globals and frame: what does not reproduce its
     recorded value here could never pass in another process, so it has no fate (and the artifact is not saved)."""
     fn = getattr(compiled, "fn", None)
     prepare = getattr(compiled, "prepare_f_locals", None)
     if fn is None or prepare is None:  # a torch whose AOTCompiledFunction lacks them: nothing can be re-checked
-        return planner.self_check({}, {})
-    return planner.self_check(fn.__globals__, prepare(*args, **kwargs))
+        return planner.self_check({}, {}, {})
+    return planner.self_check(fn.__globals__, prepare(*args, **kwargs), loader_globals)
 
 
 def jit_compile(
@@ -400,7 +421,7 @@ def load(
     """
     import torch.compiler
 
-    f_globals = vars(_entry) if is_module else target.__globals__
+    f_globals = _loader_globals(target, is_module)
     with _in_process_kernel_loading():
         function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
     loaded = LoadedFunction(function, loaded=True, rechecker=guard_fates.Rechecker.of(guards, guard_globals))

@@ -328,18 +328,23 @@ class FatePlanner:
         else:
             self.records.append(GuardRecord(name, guard_type, "re-checked", scope, check, why=why))
 
-    def self_check(self, f_globals: Mapping[str, Any], f_locals: Mapping[str, Any]) -> dict[str, str]:
-        """Evaluate every re-check in the compiling process, from the globals a fresh process can rebuild only.
+    def self_check(
+        self, f_globals: Mapping[str, Any], f_locals: Mapping[str, Any], loader_globals: Mapping[str, Any]
+    ) -> dict[str, str]:
+        """Evaluate every re-check in the compiling process, from the globals a fresh process will have only.
 
-        Returns the roots to record (``Rechecker.roots``). A re-check whose expression starts from a global that
-        cannot be rebuilt, or that does not reproduce its own value here, could never pass elsewhere: unfated.
+        Those are the globals the loader passes (``loader_globals``: a function target's module globals) and the
+        ones rebuilt from a recorded import name (``root_token``: Dynamo's ``__import_*`` modules, the builtins
+        dict). Returns the roots to record (``Rechecker.roots``). A re-check whose expression starts from any other
+        global, or that does not reproduce its own value here, could never pass elsewhere: unfated.
         """
         roots = {}
         for name in guard_roots(self.records):
             token = root_token(f_globals.get(name)) if name in f_globals else None
-            if token is not None:
+            if token is not None and name not in loader_globals:
                 roots[name] = token
-        portable = {k: v for k, v in f_globals.items() if k not in guard_roots(self.records) or k in roots}
+        used = guard_roots(self.records)
+        portable = {k: v for k, v in f_globals.items() if k not in used or k in roots or k in loader_globals}
         checker = Rechecker(tuple(r for r in self.records if r.fate == "re-checked"), roots)
         failing = {id(record): reason for record, reason in checker._mismatch_pairs(portable, f_locals)}
         self.records = [

@@ -188,12 +188,13 @@ CASES: dict[str, dict[str, Any]] = {
     "autocast": {"context": _autocast},
     "deterministic": {"context": _deterministic},
     "closure_cell": {"target": "closure", "env": {"TK_CLOSURE_SCALE": "5.0"}},
+    "num_threads": {"env": {"OMP_NUM_THREADS": "1"}},  # in Dynamo's GLOBAL_STATE guard
     # what must not split the cache
     "same": {"must_hit": True},
     "new_weights": {"change": _new_weights, "must_hit": True},
     "other_cwd": {"cwd": True, "must_hit": True},
     "unrelated_env": {
-        "env": {"HOSTNAME": "another-host", "POD_NAME": "pod-7", "TK_UNRELATED": "1", "OMP_NUM_THREADS": "1"},
+        "env": {"HOSTNAME": "another-host", "POD_NAME": "pod-7", "TK_UNRELATED": "1", "CUDA_VISIBLE_DEVICES": ""},
         "must_hit": True,
     },
     "closure_same": {"target": "closure", "must_hit": True},
