@@ -78,6 +78,7 @@ def test_case_is_right_in_a_fresh_process(case: str, cache: Path, tmp_path: Path
     (first,) = _run(cache, tmp_path / "first", [case], env, cwd)
     assert first["error"] is None, first
     assert first["max_diff"] <= tol, first
+    assert first["predicted_hit"] == first["hit"], "torchkiln explain predicted otherwise"
     if spec.get("must_hit"):
         assert first["hit"] is True, first
         assert first["store_key"] == baseline
@@ -92,4 +93,5 @@ def test_case_is_right_in_a_fresh_process(case: str, cache: Path, tmp_path: Path
     assert second["error"] is None, second
     assert second["max_diff"] <= tol, second
     assert second["hit"] is True, second
+    assert second["predicted_hit"] is True
     assert second["store_key"] == first["store_key"]

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import artifact, cache_key, compiler, kernels
+from torchkiln import artifact, cache_key, compiler, kernels, loader
 from torchkiln._version import __version__
 from torchkiln.compat import check_supported
 from torchkiln.errors import (
@@ -41,7 +41,7 @@ from torchkiln.fingerprint import Fingerprint
 from torchkiln.store import Store, open_store
 from torchkiln.store.base import variant_key
 
-__all__ = ["CompiledModule", "compile", "request_key"]
+__all__ = ["CompiledModule", "compile", "request_fingerprint", "request_key"]
 
 log = logging.getLogger("torchkiln")
 
@@ -195,7 +195,7 @@ class CompiledModule:
                 found = True
                 timings["store_get"] = timings.get("store_get", 0.0) + time.perf_counter() - start
                 try:
-                    spec = self._load(key, store_key, fingerprint, data, timings)
+                    spec = self._load(key, store_key, fingerprint, data, timings, call=(args, kwargs))
                     if spec.function.guard_check(full_args, kwargs):
                         return spec, True
                     log.info("the guards of %s reject these inputs: another variant of the key", store_key)
@@ -222,34 +222,27 @@ class CompiledModule:
         return None, found
 
     def _load(
-        self, key: cache_key.CacheKey, store_key: str, fingerprint: Fingerprint, data: bytes, timings: dict[str, float]
+        self,
+        key: cache_key.CacheKey,
+        store_key: str,
+        fingerprint: Fingerprint,
+        data: bytes,
+        timings: dict[str, float],
+        *,
+        call: tuple[Sequence[Any], Mapping[str, Any]] | None = None,
     ) -> _Specialization:
         start = time.perf_counter()
         decoded = artifact.decode(data, signing_key=artifact.signing_key_from_env(), where=store_key)
         header = decoded.header
-        stored = cache_key.CacheKey.from_dict(header.get("cache_key") or {})
-        if stored.key != key.key:
-            raise IncompatibleArtifactError(
-                f"the artifact stored under {store_key} was built for {stored.key}",
-                where=store_key,
-                fix="delete it with `torchkiln rm KEY`; `torchkiln explain` shows what differs",
-            )
-        built_for = Fingerprint.from_dict(header.get("fingerprint") or {})
-        if fingerprint.key_fields() == built_for.key_fields() and fingerprint.incompatibilities(built_for):
-            # Only the CPU extension list can differ under one key (fingerprint.key_fields): another CPU's variant.
-            raise StaleArtifactError(
-                "; ".join(fingerprint.incompatibilities(built_for)),
-                where=store_key,
-                fix="nothing to do: torchkiln looks for the variant built for this CPU, or compiles it",
-            )
-        fingerprint.check_compatible(built_for, where=store_key)
-        changed = compiler.inlined_sources_changed(header.get("inlined_sources") or [])
-        if changed:
-            raise StaleArtifactError(
-                f"source changed since the artifact was built: {', '.join(changed[:5])}",
-                where=store_key,
-                fix="nothing to do: torchkiln looks for the variant built from these sources, or compiles it",
-            )
+        loader.check_header(
+            header,
+            key=key.key,
+            store_key=store_key,
+            fingerprint=fingerprint,
+            target=self.target,
+            is_module=self._is_module,
+            call=call,
+        )
         timings["decode"] = time.perf_counter() - start
         start = time.perf_counter()
         report = None
@@ -465,6 +458,15 @@ def request_key(
         options=options or {},
     )
     return key
+
+
+def request_fingerprint(
+    target: Any, example_inputs: Any, example_kwargs: Mapping[str, Any] | None = None
+) -> Fingerprint:
+    """The fingerprint ``torchkiln.compile`` checks artifacts against for these arguments (for ``explain``)."""
+    is_module = compiler.validate_target(target)
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    return Fingerprint.current(_device_type(target, is_module, args, dict(example_kwargs or {})))
 
 
 def _qualname(target: Any, is_module: bool) -> str:

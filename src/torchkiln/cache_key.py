@@ -288,7 +288,7 @@ class Explanation:
         if self.nearest is None:
             return [f"{self.wanted.key}: nothing is stored to compare with"]
         if not self.differences:
-            return [f"{self.wanted.key}: identical to the stored key (a hit)"]
+            return [f"{self.wanted.key}: this key is stored (whether an artifact of it fits is checked next)"]
         out = [f"wanted  {self.wanted.key}", f"nearest {self.nearest.key}"]
         out.append("equal parts: " + (", ".join(self.equal) or "none"))
         for diff in self.differences:

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib.util
+import inspect
 import io
 import logging
 import pickle  # allowed here (tools/check_forbidden_imports.py): to recognise torch's pickling errors
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkiln import _entry, compat, guard_fates
-from torchkiln.errors import CompileError, InvalidTargetError, StaleArtifactError
+from torchkiln.errors import CompileError, InvalidTargetError
 
 __all__ = [
     "CompileResult",
@@ -241,7 +242,7 @@ def compile_target(
     compile_options["guard_filter_fn"] = guard_filter
     fn: Callable[..., Any] = _entry.call_module if is_module else target
     where = type(target).__qualname__ if is_module else target.__qualname__
-    loader_globals = _portable_globals(target, is_module)  # before Dynamo installs its own names there
+    loader_globals = portable_globals(target, is_module)  # before Dynamo installs its own names there
     start = time.perf_counter()
     try:
         with compat.compile_scope():
@@ -301,7 +302,7 @@ def compile_target(
 
 def _loader_globals(target: Any, is_module: bool) -> dict[str, Any]:
     """The ``f_globals`` ``load`` gives torch: torchkiln's entry module for modules, a function's own globals."""
-    return vars(_entry) if is_module else target.__globals__
+    return vars(_entry) if is_module else dict(target.__globals__)
 
 
 #: Names Dynamo installs into the compiling frame's globals (``__import_<mod>``, ``___module_<name>_<id>_c<N>``,
@@ -309,8 +310,23 @@ def _loader_globals(target: Any, is_module: bool) -> dict[str, Any]:
 _DYNAMO_INSTALLED = ("__import_", "___", "__builtins_dict")
 
 
-def _portable_globals(target: Any, is_module: bool) -> dict[str, Any]:
+def portable_globals(target: Any, is_module: bool) -> dict[str, Any]:
+    """The loader's globals without the names Dynamo installed in this process (what a fresh process has)."""
     return {k: v for k, v in _loader_globals(target, is_module).items() if not k.startswith(_DYNAMO_INSTALLED)}
+
+
+def frame_locals(target: Any, is_module: bool, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The locals the compiled entry's frame starts with for a call (the names guard expressions use), bound the way
+    torch's ``AOTCompiledFunction.prepare_f_locals`` binds them: closure cells, then the signature's arguments."""
+    fn: Any = _entry.call_module if is_module else target
+    f_locals: dict[str, Any] = {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+        with contextlib.suppress(ValueError):  # an empty cell
+            f_locals[name] = cell.cell_contents
+    bound = inspect.signature(fn).bind(*call_args(target, is_module, args), **kwargs)
+    bound.apply_defaults()
+    f_locals.update(bound.arguments)
+    return f_locals
 
 
 def _self_check_guards(
@@ -376,12 +392,6 @@ class LoadedFunction:
             disable()
         self._first_call = self.loaded
 
-    def global_mismatches(self) -> list[str]:
-        """The re-checked guards on module globals that do not hold in this process (checked before a first call)."""
-        if self.jit or not self.rechecker.records:
-            return []
-        return self.rechecker.mismatches(self.function.fn.__globals__, None, scope="global")
-
     def guard_check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
         if self.jit:
             return True
@@ -416,23 +426,16 @@ def load(
 ) -> LoadedFunction:
     """Deserialize verified bytes into a callable (the bytes must come from artifact.decode).
 
-    ``guards`` is the header's guard list: its re-checks on module globals must hold here (``StaleArtifactError``
-    otherwise: this artifact is another variant of the key), those on the arguments are checked at each call.
+    ``guards``/``guard_globals`` are the header's: their re-checks run at each call of the returned function.
     """
     import torch.compiler
 
     f_globals = _loader_globals(target, is_module)
     with _in_process_kernel_loading():
         function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
-    loaded = LoadedFunction(function, loaded=True, rechecker=guard_fates.Rechecker.of(guards, guard_globals))
-    mismatches = loaded.global_mismatches()
-    if mismatches:
-        raise StaleArtifactError(
-            f"{len(mismatches)} module global(s) the graph was specialized on differ here: "
-            + "; ".join(mismatches[:3]),
-            fix="nothing to do: torchkiln looks for the variant built for these values, or compiles it",
-        )
-    return loaded
+    # The re-checks on module globals ran before anything was unpickled (loader.check_header); all of them run
+    # again at each call of the returned function (LoadedFunction.guard_check).
+    return LoadedFunction(function, loaded=True, rechecker=guard_fates.Rechecker.of(guards, guard_globals))
 
 
 @contextlib.contextmanager

@@ -220,7 +220,8 @@ def test_explain_builds_the_key_compile_built(built: Built) -> None:
         assert report["hit"] is True
         assert report["differences"] == []
     text = cli("explain", *MODEL, "--cache", str(built.cache))
-    assert "identical to the stored key" in text.out
+    assert "this key is stored" in text.out
+    assert "next call: a hit on " + built.model["key"] in text.out
 
 
 def test_explain_names_the_part_that_differs(built: Built) -> None:

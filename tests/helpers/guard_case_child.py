@@ -26,6 +26,16 @@ def _diff(got: Any, want: Any) -> float:
     return float((got.detach().double() - want.detach().double()).abs().max())
 
 
+def _predicted_hit(cache: str, target: Any, inputs: tuple[Any, ...]) -> bool:
+    """What ``torchkiln explain`` predicts for this request (headers only, nothing unpickled)."""
+    from torchkiln import api
+    from torchkiln.cli._cachelib import predict
+    from torchkiln.store import open_store
+
+    wanted = api.request_key(target, inputs)
+    return bool(predict(open_store(cache), target, inputs, {}, wanted)["hit"])
+
+
 def run(cache: str, case: str) -> dict[str, Any]:
     target, inputs, context = guard_cases.build(case)
     record: dict[str, Any] = {"case": case, "error": None}
@@ -33,6 +43,7 @@ def run(cache: str, case: str) -> dict[str, Any]:
         warnings.simplefilter("always")
         with context():
             want = guard_cases.eager(target, inputs)
+            record["predicted_hit"] = _predicted_hit(cache, target, inputs)
             try:
                 compiled = torchkiln.compile(target, inputs, cache=cache)
                 got = compiled(*inputs)

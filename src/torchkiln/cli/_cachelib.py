@@ -33,6 +33,7 @@ __all__ = [
     "TARGET_FORM",
     "UsageError",
     "check_keys",
+    "predict",
     "parse_size",
     "read_artifact",
     "read_header",
@@ -221,6 +222,48 @@ def stored_keys(store: Store) -> tuple[list[CacheKey], list[dict[str, str]]]:
         except TorchkilnError as exc:
             skipped.append({"key": entry.key, "reason": exc.what})
     return keys, skipped
+
+
+def predict(
+    store: Store, target: Any, ex_args: tuple[Any, ...], ex_kwargs: dict[str, Any], wanted: CacheKey
+) -> dict[str, Any]:
+    """What ``torchkiln.compile`` will do for this request, read from headers only (nothing is unpickled).
+
+    The same rule the load applies (loader.check_header) to the key's artifact and then each variant: the first
+    that fits is the predicted hit, subject only to what is decided at the first call (torch's kept guards and
+    the re-checks on the call's arguments); none fitting is a miss that publishes a new variant.
+    """
+    from torchkiln import api, compiler, loader
+
+    fingerprint = api.request_fingerprint(target, ex_args, ex_kwargs)
+    is_module = compiler.validate_target(target)
+    candidates: list[dict[str, Any]] = []
+    keys = [wanted.key, *store.variants(wanted.key)]
+    for store_key in keys:
+        try:
+            header = read_header(store, store_key)
+        except TorchkilnError as exc:
+            candidates.append({"store_key": store_key, "fits": False, "reason": exc.what})
+            continue
+        if header is None:
+            continue
+        try:
+            loader.check_header(
+                header,
+                key=wanted.key,
+                store_key=store_key,
+                fingerprint=fingerprint,
+                target=target,
+                is_module=is_module,
+                call=(ex_args, ex_kwargs),
+            )
+        except TorchkilnError as exc:
+            candidates.append({"store_key": store_key, "fits": False, "reason": exc.what})
+            continue
+        candidates.append({"store_key": store_key, "fits": True, "reason": "fits this process"})
+        break
+    fit = next((c["store_key"] for c in candidates if c["fits"]), None)
+    return {"hit": fit is not None, "store_key": fit, "candidates": candidates}
 
 
 def parse_size(text: str) -> int:

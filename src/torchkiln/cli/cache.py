@@ -31,6 +31,7 @@ from torchkiln.cli._cachelib import (
     UsageError,
     check_keys,
     parse_size,
+    predict,
     read_artifact,
     read_header,
     request_key,
@@ -327,13 +328,24 @@ def _explain(args: argparse.Namespace) -> int:
     wanted = request_key(target, ex_args, ex_kwargs, name=args.name, dynamic=args.dynamic)
     stored, skipped = stored_keys(store)
     explanation = explain(wanted, stored)
-    hit = any(k.key == wanted.key for k in stored)
+    prediction = predict(store, target, ex_args, ex_kwargs, wanted)
     if args.json:
-        _emit_json({**explanation.to_dict(), "hit": hit, "cache": store.url, "unreadable": skipped})
+        _emit_json({**explanation.to_dict(), **prediction, "cache": store.url, "unreadable": skipped})
         return EXIT_OK
     console = _console()
     for line in explanation.lines():
         console.print(line, markup=False)
+    for candidate in prediction["candidates"]:
+        verdict = "fits" if candidate["fits"] else "does not fit"
+        console.print(f"  {candidate['store_key']}: {verdict}: {candidate['reason']}", markup=False)
+    if prediction["hit"]:
+        console.print(
+            f"next call: a hit on {prediction['store_key']} (if torch's kept guards and the per-call re-checks "
+            "accept the call's inputs)",
+            markup=False,
+        )
+    else:
+        console.print("next call: a miss (compiles and publishes a new variant or key)", markup=False)
     for item in skipped:
         console.print(f"skipped unreadable artifact {item['key']}: {item['reason']}", markup=False)
     return EXIT_OK
