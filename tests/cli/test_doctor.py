@@ -20,7 +20,7 @@ import torch
 from packaging.version import Version
 
 from torchkiln.cli import main
-from torchkiln.cli.doctor import cache_report, fix_problems, signing_report
+from torchkiln.cli.doctor import cache_report, collect, fix_problems, signing_report
 from torchkiln.compat import FixState, FixStatus, fixes
 
 STATES = {state.value for state in FixState}
@@ -159,14 +159,17 @@ def test_signing_report(environ: dict[str, str], configured: bool, problem: str 
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
-def test_cache_report_warns_on_a_cache_others_can_write(tmp_path: Path) -> None:
+def test_cache_report_fails_on_a_cache_others_can_write(tmp_path: Path) -> None:
     root = tmp_path / "shared"
     (root / "v1").mkdir(parents=True)
     root.chmod(0o777)
-    info, warnings = cache_report(str(root))
+    info, problems = cache_report(str(root))
     assert info["usable"] is False
     assert "writable by other users" in info["error"]
-    assert len(warnings) == 1
+    assert len(problems) == 1
+    report = collect(str(root))
+    assert report["ok"] is False
+    assert any("writable by other users" in p for p in report["problems"])
     root.chmod(stat.S_IRWXU)
-    info, warnings = cache_report(str(root))
-    assert (info["usable"], info["trusted"], info["writable"], warnings) == (True, True, True, [])
+    info, problems = cache_report(str(root))
+    assert (info["usable"], info["trusted"], info["writable"], problems) == (True, True, True, [])

@@ -5,9 +5,9 @@ Owns the environment report: python, torch (and its git version), triton, CUDA, 
 state, upstream reference and the torch release that fixed it upstream. Doctor runs ``compat.apply_fixes()``
 in its own process, so the states it reports are the ones a compile would get: ``applied`` means "torchkiln
 applies this fix when it compiles here". Exit 1 (a check failed) when torch is too old, a needed fix stays
-needed after applying, a fix's probe could not run, or the signing key setting is broken: in each case
-compiles here fail or cannot be trusted. A cache that cannot be used is only a warning: torchkiln then
-compiles without it, as the model still runs.
+needed after applying, a fix's probe could not run, the signing key setting is broken, or the cache cannot be
+used (not private, not writable, not reachable): in each case compiles here fail, cannot be trusted, or are never
+saved. Doctor exits 1 on every problem it shows; its ``warnings`` list stays for what does not stop anything.
 """
 
 from __future__ import annotations
@@ -178,8 +178,9 @@ def collect(cache_url: str | None) -> dict[str, Any]:
         "torch": torch_info,
         **_device(torch),
     }
-    report["cache"], cache_warnings = cache_report(cache_url)
-    warnings += cache_warnings
+    report["cache"], cache_problems = cache_report(cache_url)
+    # An unusable cache runs every model uncached (a warning at each compile): the one thing torchkiln is for.
+    problems += cache_problems
     report["signing_key"], signing_problems = signing_report()
     problems += signing_problems
     report["fixes"] = []
