@@ -25,7 +25,7 @@ from torchkiln.compat import registry, runtime_env_patch
 from torchkiln.compat.versions import MIN_TORCH, check_supported, in_range, torch_version
 from torchkiln.errors import InvalidTargetError, TorchkilnError, UnknownFixError, UnsupportedTorchError
 
-FIX_IDS = ("enable-aot-compile", "builtins-runtime-env", "module-globals")
+FIX_IDS = ("enable-aot-compile", "builtins-runtime-env", "module-globals", "guard-state-singletons")
 
 
 def _revert_all() -> None:
