@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkiln import _entry, compat
+from torchkiln.compat import float_specialization
 from torchkiln.errors import CompileError, InvalidTargetError
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "LoadedFunction",
     "call_args",
     "compile_target",
+    "exception_reason",
     "inlined_sources_changed",
     "load",
     "validate_target",
@@ -64,6 +66,11 @@ _FULLGRAPH_HINTS: tuple[tuple[str, str], ...] = (
         "on __main__",
         "a class or function defined in the script you run (module __main__) cannot be saved by name: move the "
         "model code into an importable module (e.g. mymodel.py) and import it",
+    ),
+    (
+        "TensorifyScalarRestartAnalysis",
+        "Dynamo asked to retrace with a Python float specialized, which aot_compile does not do, and the retry with "
+        "torch._dynamo.config.specialize_float=True failed too (compat/float_specialization.py); try dynamic=False",
     ),
     ("data-dependent", "avoid data-dependent Python control flow in forward, or mark the branch with torch.cond"),
     ("Graph break", "the target must trace as one graph (fullgraph=True): remove the graph break named above"),
@@ -129,6 +136,15 @@ class CompileResult:
     save_error: str | None = None
     #: ``function`` is a plain torch.compile wrapper (recompiles itself on new inputs; no guard_check)
     jit: bool = False
+    #: the retry that compiled it (``compat.float_specialization.NAME``), None for a first-attempt compile
+    retried: str | None = None
+
+
+def exception_reason(exc: BaseException) -> str:
+    """``Type: first non-empty line`` of an exception, never empty: torch raises some (Dynamo's restarts) bare."""
+    lines = (line.strip() for line in str(exc).splitlines())
+    first = next((line for line in lines if line), "")
+    return f"{type(exc).__name__}: {first[:2000]}" if first else type(exc).__name__
 
 
 def _is_serialization_failure(exc: BaseException) -> bool:
@@ -210,7 +226,6 @@ def compile_target(
     options: Mapping[str, Any] | None,
 ) -> CompileResult:
     """aot_compile ``target`` for these inputs and serialize it. Raises ``CompileError`` with torch's reason."""
-    import torch
     from torch._dynamo.guards import CheckFunctionManager
 
     seconds: dict[str, float] = {}
@@ -222,16 +237,30 @@ def compile_target(
     compile_options["guard_filter_fn"] = guard_filter
     fn: Callable[..., Any] = _entry.call_module if is_module else target
     where = type(target).__qualname__ if is_module else target.__qualname__
+    full_args = call_args(target, is_module, args)
+    retried: str | None = None
     start = time.perf_counter()
     try:
-        with compat.compile_scope():
-            wrapper: Any = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=compile_options)
-            compiled = wrapper.aot_compile((call_args(target, is_module, args), dict(kwargs)))
+        try:
+            compiled = _aot_compile(fn, full_args, kwargs, dynamic=dynamic, backend=backend, options=compile_options)
+        except Exception as exc:
+            retry = float_specialization.retry_scope(exc)
+            if retry is None:
+                raise
+            # aot_compile does not perform the restart Dynamo asked for (compat/float_specialization.py): once more
+            # with Python floats specialized, which is what torch.compile's restart does for the floats it names.
+            log.info("aot_compile of %s raised %s; retrying with specialize_float=True", where, type(exc).__name__)
+            guard_filter.dropped.clear()
+            with retry:
+                compiled = _aot_compile(
+                    fn, full_args, kwargs, dynamic=dynamic, backend=backend, options=compile_options
+                )
+            retried = float_specialization.NAME
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         if not _is_serialization_failure(exc):
             raise CompileError(
-                f"torch could not compile {where} fullgraph: {message.splitlines()[0][:2000]}",
+                f"torch could not compile {where} fullgraph: {exception_reason(exc)}",
                 where=where,
                 fix=hint_for(message),
             ) from exc
@@ -247,7 +276,7 @@ def compile_target(
             device_type="unknown",
             fixes_applied=[s.id for s in statuses if s.state is compat.FixState.APPLIED],
             seconds=seconds,
-            save_error=message.splitlines()[0][:2000],
+            save_error=exception_reason(exc),
             jit=True,
         )
     seconds["aot_compile"] = time.perf_counter() - start
@@ -257,7 +286,7 @@ def compile_target(
     try:
         payload = _serialize(compiled)
     except Exception as exc:  # the compiled function still works in this process; the caller decides
-        save_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:2000] if str(exc) else ''}"
+        save_error = exception_reason(exc)
     seconds["serialize"] = time.perf_counter() - start
     artifacts = compiled._artifacts
     return CompileResult(
@@ -269,7 +298,25 @@ def compile_target(
         fixes_applied=[s.id for s in statuses if s.state is compat.FixState.APPLIED],
         seconds=seconds,
         save_error=save_error,
+        retried=retried,
     )
+
+
+def _aot_compile(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    dynamic: bool,
+    backend: str | Callable[..., Any],
+    options: dict[str, Any],
+) -> Any:
+    import torch
+
+    with compat.compile_scope():
+        # a copy per attempt: torch.compile pops guard_filter_fn out of the options it is given
+        wrapper: Any = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options))
+        return wrapper.aot_compile((args, dict(kwargs)))
 
 
 def jit_compile(
