@@ -38,6 +38,7 @@ __all__ = [
     "CompileResult",
     "LoadedFunction",
     "call_args",
+    "check_loadable",
     "compile_target",
     "exception_reason",
     "inlined_sources_changed",
@@ -387,6 +388,28 @@ def load(payload: bytes, *, is_module: bool, target: Any) -> LoadedFunction:
     with _in_process_kernel_loading():
         function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
     return LoadedFunction(function, loaded=True)
+
+
+def check_loadable(payload: bytes, *, is_module: bool, target: Any) -> str | None:
+    """Deserialize ``payload`` afresh in this process, as a hit would: ``None`` if it loads, else torch's reason.
+
+    What it proves: torch's loader (``load_compiled_function``, through ``load`` above) accepts these exact bytes:
+    they unpickle, the saved system info is compatible, the runtime environment and bytecode are rebuilt, the
+    guard state unpickles and a guard manager is built from it. That is where a fresh process fails when the saved
+    guard state is broken (``empty_strided(): argument 'dtype' must be torch.dtype, not _Missing``).
+
+    What it does not prove: that *another* process loads them. This one still has every module, class, global and
+    Dynamo-installed name of the compile in memory, so an artifact that names something only this process has (a
+    ``Missing required external references`` error, a class defined in ``__main__``) passes here and fails there;
+    kernels come from this process's Inductor cache, not from the artifact's bundle; the loaded function is neither
+    called nor guard-checked, so it says nothing about results. The forward fixes and the separate-process tests
+    (tests/compat/) cover those.
+    """
+    try:
+        load(payload, is_module=is_module, target=target)
+    except Exception as exc:  # the reason is the result: the caller reports it and does not publish
+        return exception_reason(exc)
+    return None
 
 
 @contextlib.contextmanager
