@@ -242,21 +242,24 @@ def compile_target(
     retried: str | None = None
     start = time.perf_counter()
     try:
-        try:
-            compiled = _aot_compile(fn, full_args, kwargs, dynamic=dynamic, backend=backend, options=compile_options)
-        except Exception as exc:
-            retry = float_specialization.retry_scope(exc)
-            if retry is None:
-                raise
-            # aot_compile does not perform the restart Dynamo asked for (compat/float_specialization.py): once more
-            # with Python floats specialized, which is what torch.compile's restart does for the floats it names.
-            log.info("aot_compile of %s raised %s; retrying with specialize_float=True", where, type(exc).__name__)
-            guard_filter.dropped.clear()
-            with retry:
+        with float_specialization.preserved_tensorify_state():
+            try:
                 compiled = _aot_compile(
                     fn, full_args, kwargs, dynamic=dynamic, backend=backend, options=compile_options
                 )
-            retried = float_specialization.NAME
+            except Exception as exc:
+                retry = float_specialization.retry_scope(exc)
+                if retry is None:
+                    raise
+                # aot_compile does not perform the restart Dynamo asked for (compat/float_specialization.py): once
+                # more with Python floats specialized, which is what torch.compile's restart does for those it names.
+                log.info("aot_compile of %s raised %s; retrying with specialize_float=True", where, type(exc).__name__)
+                guard_filter.dropped.clear()
+                with retry:
+                    compiled = _aot_compile(
+                        fn, full_args, kwargs, dynamic=dynamic, backend=backend, options=compile_options
+                    )
+                retried = float_specialization.NAME
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         if not _is_serialization_failure(exc):
