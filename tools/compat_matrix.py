@@ -40,6 +40,10 @@ CASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("plain", "`return x + 1`", ("enable-aot-compile",)),
     ("ordered-dict", "nn.Module returning an OrderedDict subclass", ("module-globals",)),
     ("llama", "tiny LlamaForCausalLM (ModelOutput)", ("builtins-runtime-env", "module-globals")),
+    ("dtype-attr", "nn.Module holding an unread `torch.float32`", ("guard-state-singletons",)),
+    ("device-attr", "nn.Module holding an unread `torch.device`", ("guard-state-singletons",)),
+    ("enum-attr", "nn.Module holding an unread enum member (also in a read list)", ("guard-state-singletons",)),
+    ("paligemma", "tiny PaliGemmaForConditionalGeneration", ("guard-state-singletons",)),
 )
 
 FIXES_JSON = "import json, torchkiln; print(json.dumps([s.to_dict() for s in torchkiln.fixes()]))"

@@ -376,6 +376,21 @@ class CompiledModule:
             signing_key=artifact.signing_key_from_env(),
         )
         timings["encode"] = time.perf_counter() - start
+        start = time.perf_counter()
+        reason = compiler.check_loadable(result.payload, is_module=self._is_module, target=self.target)
+        timings["check_loadable"] = time.perf_counter() - start
+        if reason is not None:
+            # Publishing bytes torch cannot load would make every later process warn and recompile: say it once here.
+            self._fallback(
+                CompileError(
+                    f"torch compiled {key.key} but cannot load what it saved: {reason}",
+                    where=key.key,
+                    fix="`torchkiln doctor` lists the forward fixes; report it with `torchkiln doctor --json`",
+                ),
+                "the artifact does not load",
+                then="it is not published and runs compiled in this process only",
+            )
+            return _Specialization(key.key, function, header, 0)
         store_key = self._publish(key.key, data, timings)
         return _Specialization(store_key, function, header, len(data))
 

@@ -33,13 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from torchkiln import _entry, compat, guard_fates
+from torchkiln.compat import float_specialization
 from torchkiln.errors import CompileError, InvalidTargetError
 
 __all__ = [
     "CompileResult",
     "LoadedFunction",
     "call_args",
+    "check_loadable",
     "compile_target",
+    "exception_reason",
     "inlined_sources_changed",
     "load",
     "validate_target",
@@ -66,6 +69,11 @@ _FULLGRAPH_HINTS: tuple[tuple[str, str], ...] = (
         "on __main__",
         "a class or function defined in the script you run (module __main__) cannot be saved by name: move the "
         "model code into an importable module (e.g. mymodel.py) and import it",
+    ),
+    (
+        "TensorifyScalarRestartAnalysis",
+        "Dynamo asked to retrace with a Python float specialized, which aot_compile does not do, and the retry with "
+        "torch._dynamo.config.specialize_float=True failed too (compat/float_specialization.py); try dynamic=False",
     ),
     ("data-dependent", "avoid data-dependent Python control flow in forward, or mark the branch with torch.cond"),
     ("Graph break", "the target must trace as one graph (fullgraph=True): remove the graph break named above"),
@@ -149,6 +157,15 @@ class CompileResult:
     guard_globals: dict[str, str] = dataclasses.field(default_factory=dict)  # Rechecker.roots
     #: ``function`` is a plain torch.compile wrapper (recompiles itself on new inputs; no guard_check)
     jit: bool = False
+    #: the retry that compiled it (``compat.float_specialization.NAME``), None for a first-attempt compile
+    retried: str | None = None
+
+
+def exception_reason(exc: BaseException) -> str:
+    """``Type: first non-empty line`` of an exception, never empty: torch raises some (Dynamo's restarts) bare."""
+    lines = (line.strip() for line in str(exc).splitlines())
+    first = next((line for line in lines if line), "")
+    return f"{type(exc).__name__}: {first[:2000]}" if first else type(exc).__name__
 
 
 def _is_serialization_failure(exc: BaseException) -> bool:
@@ -230,7 +247,6 @@ def compile_target(
     options: Mapping[str, Any] | None,
 ) -> CompileResult:
     """aot_compile ``target`` for these inputs and serialize it. Raises ``CompileError`` with torch's reason."""
-    import torch
     from torch._dynamo.guards import CheckFunctionManager
 
     seconds: dict[str, float] = {}
@@ -243,16 +259,33 @@ def compile_target(
     fn: Callable[..., Any] = _entry.call_module if is_module else target
     where = type(target).__qualname__ if is_module else target.__qualname__
     loader_globals = portable_globals(target, is_module)  # before Dynamo installs its own names there
+    full_args = call_args(target, is_module, args)
+    retried: str | None = None
     start = time.perf_counter()
     try:
-        with compat.compile_scope():
-            wrapper: Any = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=compile_options)
-            compiled = wrapper.aot_compile((call_args(target, is_module, args), dict(kwargs)))
+        with float_specialization.preserved_tensorify_state():
+            try:
+                compiled = _aot_compile(
+                    fn, full_args, kwargs, dynamic=dynamic, backend=backend, options=compile_options
+                )
+            except Exception as exc:
+                retry = float_specialization.retry_scope(exc)
+                if retry is None:
+                    raise
+                # aot_compile does not perform the restart Dynamo asked for (compat/float_specialization.py): once
+                # more with Python floats specialized, which is what torch.compile's restart does for those it names.
+                log.info("aot_compile of %s raised %s; retrying with specialize_float=True", where, type(exc).__name__)
+                guard_filter.planner = guard_fates.FatePlanner()  # the failed attempt's guards are not this graph's
+                with retry:
+                    compiled = _aot_compile(
+                        fn, full_args, kwargs, dynamic=dynamic, backend=backend, options=compile_options
+                    )
+                retried = float_specialization.NAME
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         if not _is_serialization_failure(exc):
             raise CompileError(
-                f"torch could not compile {where} fullgraph: {message.splitlines()[0][:2000]}",
+                f"torch could not compile {where} fullgraph: {exception_reason(exc)}",
                 where=where,
                 fix=hint_for(message),
             ) from exc
@@ -270,7 +303,7 @@ def compile_target(
             device_type="unknown",
             fixes_applied=[s.id for s in statuses if s.state is compat.FixState.APPLIED],
             seconds=seconds,
-            save_error=message.splitlines()[0][:2000],
+            save_error=exception_reason(exc),
             jit=True,
         )
     seconds["aot_compile"] = time.perf_counter() - start
@@ -280,7 +313,7 @@ def compile_target(
     try:
         payload = _serialize(compiled)
     except Exception as exc:  # the compiled function still works in this process; the caller decides
-        save_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:2000] if str(exc) else ''}"
+        save_error = exception_reason(exc)
     seconds["serialize"] = time.perf_counter() - start
     roots = _self_check_guards(
         guard_filter.planner, compiled, call_args(target, is_module, args), kwargs, loader_globals
@@ -297,6 +330,7 @@ def compile_target(
         fixes_applied=[s.id for s in statuses if s.state is compat.FixState.APPLIED],
         seconds=seconds,
         save_error=save_error,
+        retried=retried,
     )
 
 
@@ -343,6 +377,23 @@ def _self_check_guards(
     if fn is None or prepare is None:  # a torch whose AOTCompiledFunction lacks them: nothing can be re-checked
         return planner.self_check({}, {}, {})
     return planner.self_check(fn.__globals__, prepare(*args, **kwargs), loader_globals)
+
+
+def _aot_compile(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    dynamic: bool,
+    backend: str | Callable[..., Any],
+    options: dict[str, Any],
+) -> Any:
+    import torch
+
+    with compat.compile_scope():
+        # a copy per attempt: torch.compile pops guard_filter_fn out of the options it is given
+        wrapper: Any = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options))
+        return wrapper.aot_compile((args, dict(kwargs)))
 
 
 def jit_compile(
@@ -436,6 +487,28 @@ def load(
     # The re-checks on module globals ran before anything was unpickled (loader.check_header); all of them run
     # again at each call of the returned function (LoadedFunction.guard_check).
     return LoadedFunction(function, loaded=True, rechecker=guard_fates.Rechecker.of(guards, guard_globals))
+
+
+def check_loadable(payload: bytes, *, is_module: bool, target: Any) -> str | None:
+    """Deserialize ``payload`` afresh in this process, as a hit would: ``None`` if it loads, else torch's reason.
+
+    What it proves: torch's loader (``load_compiled_function``, through ``load`` above) accepts these exact bytes:
+    they unpickle, the saved system info is compatible, the runtime environment and bytecode are rebuilt, the
+    guard state unpickles and a guard manager is built from it. That is where a fresh process fails when the saved
+    guard state is broken (``empty_strided(): argument 'dtype' must be torch.dtype, not _Missing``).
+
+    What it does not prove: that *another* process loads them. This one still has every module, class, global and
+    Dynamo-installed name of the compile in memory, so an artifact that names something only this process has (a
+    ``Missing required external references`` error, a class defined in ``__main__``) passes here and fails there;
+    kernels come from this process's Inductor cache, not from the artifact's bundle; the loaded function is neither
+    called nor guard-checked, so it says nothing about results. The forward fixes and the separate-process tests
+    (tests/compat/) cover those.
+    """
+    try:
+        load(payload, is_module=is_module, target=target)
+    except Exception as exc:  # the reason is the result: the caller reports it and does not publish
+        return exception_reason(exc)
+    return None
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ compares the result with eager. ``raw`` uses torch's API directly (``torch.compi
 ``kiln`` goes through ``torchkiln.compile(target, inputs, cache=...)`` (the load is ``strict=True``: a failed load
 raises instead of recompiling). Several jobs share a process because each process pays ~5 s for ``import torch``,
 a few seconds of probes and ~20 s for its first Inductor compile on 2 busy cores; save and load never share one.
+A raw load also reports ``missing``: where the loaded guard state holds torch's pruning marker ``_Missing``.
 The last stdout line is ``ROUNDTRIP {json}``; a failing job is a result, not a crash (exit 0).
 """
 
@@ -39,7 +40,7 @@ def _error(exc: BaseException) -> str:
     return text.splitlines()[0][:600] if text else type(exc).__name__
 
 
-def _raw_save(case: cases.Case, target: Any, args: tuple[Any, ...], out: Path) -> Any:
+def _raw_save(case: cases.Case, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Path) -> Any:
     from torch._dynamo.guards import CheckFunctionManager
 
     from torchkiln.compiler import _SerializableGuardFilter
@@ -55,16 +56,53 @@ def _raw_save(case: cases.Case, target: Any, args: tuple[Any, ...], out: Path) -
         )
     with compat.compile_scope():  # enters enable-aot-compile's scope only if that fix was applied
         wrapper: Any = torch.compile(fn, fullgraph=True, backend=case.backend, options=options or None)
-        compiled = wrapper.aot_compile((args, {}))
+        compiled = wrapper.aot_compile((args, kwargs))
     compiled.save_compiled_function(str(out / "compiled.bin"))
-    return compiled(*args)
+    return compiled(*args, **kwargs)
 
 
-def _raw_load(case: cases.Case, target: Any, args: tuple[Any, ...], out: Path) -> Any:
+def _raw_load(
+    case: cases.Case, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Path, *, report: dict[str, Any]
+) -> Any:
     f_globals = vars(_entry) if case.module else vars(cases)
     with open(out / "compiled.bin", "rb") as handle:
         compiled = torch.compiler.load_compiled_function(handle, f_globals=f_globals)
-    return compiled(*((target, *args) if case.module else args))
+    report["missing"] = missing_in_guard_state(compiled._artifacts.guards_state)
+    return compiled(*((target, *args) if case.module else args), **kwargs)
+
+
+def missing_in_guard_state(guards_state: bytes) -> list[str]:
+    """Where the saved guard state holds torch's pruning marker ``_Missing``, as attribute paths.
+
+    nn.Module internals (``_forward_hooks`` and the other ``_``-prefixed dicts torch prunes on purpose) are left
+    out; what remains is an attribute of the model or a field of the guard state itself.
+    """
+    from torch._dynamo.guards import _Missing
+    from torch._dynamo.package import load_guards_state
+
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def walk(value: Any, path: str, depth: int) -> None:
+        if isinstance(value, _Missing):  # one memoized marker object: check before the seen-set
+            if not path.rsplit(".", 1)[-1].startswith("_"):
+                found.append(path)
+            return
+        if id(value) in seen or depth > 12 or isinstance(value, (torch.Tensor, str, bytes, int, float, type)):
+            return
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}[{key!r}]", depth + 1)
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            for index, item in enumerate(value):
+                walk(item, f"{path}[{index}]", depth + 1)
+        elif hasattr(value, "__dict__") and type(value).__module__ != "builtins":
+            for name, item in vars(value).items():
+                walk(item, f"{path}.{name}", depth + 1)
+
+    walk(load_guards_state(guards_state), "state", 0)
+    return found
 
 
 def parse_job(job: str) -> tuple[str, cases.Case, str]:
@@ -110,16 +148,25 @@ def run_job(phase: str, job: str, root: Path) -> dict[str, Any]:
         return {**report, "ok": False, "skipped": True, "error": "nothing to load: the save failed"}
     target, args = case.make()
     with torch.no_grad():
-        expected = target(*args)
+        expected = target(*args, **case.kwargs())
         try:
-            if path == "raw":
-                result = (_raw_save if phase == "save" else _raw_load)(case, target, args, out)
+            if path == "raw" and phase == "save":
+                result = _raw_save(case, target, args, case.kwargs(), out)
+            elif path == "raw":
+                result = _raw_load(case, target, args, case.kwargs(), out, report=report)
             else:
                 cache = out / "cache"
-                compiled = torchkiln.compile(target, args, cache=cache, backend=case.backend, strict=phase == "load")
+                compiled = torchkiln.compile(
+                    target,
+                    args,
+                    example_kwargs=case.kwargs(),
+                    cache=cache,
+                    backend=case.backend,
+                    strict=phase == "load",
+                )
                 report["hit"] = compiled.hit
                 report["fixes_applied"] = compiled.header.get("fixes_applied")  # recorded in the artifact
-                result = compiled(*args)
+                result = compiled(*args, **case.kwargs())
         except Exception as exc:
             report.update(ok=False, error=_error(exc), traceback=traceback.format_exc(limit=-6))
         else:

@@ -9,6 +9,7 @@ outcome depends on the running torch carry the ``compat`` marker, so ``make test
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from torchkiln.compat import registry, runtime_env_patch
 from torchkiln.compat.versions import MIN_TORCH, check_supported, in_range, torch_version
 from torchkiln.errors import InvalidTargetError, TorchkilnError, UnknownFixError, UnsupportedTorchError
 
-FIX_IDS = ("enable-aot-compile", "builtins-runtime-env", "module-globals")
+FIX_IDS = ("enable-aot-compile", "builtins-runtime-env", "module-globals", "guard-state-singletons")
 
 
 def _revert_all() -> None:
@@ -115,6 +116,37 @@ def test_apply_is_idempotent_and_revert_restores_the_original_method() -> None:
         fix.revert()
     assert _original_get_runtime_env() is original
     assert compat.applied_ids() == []
+
+
+@pytest.mark.compat
+def test_guard_state_singletons_apply_is_idempotent_and_revert_restores_reducer_override() -> None:
+    from torch._dynamo.guards import GuardsStatePickler
+
+    original = GuardsStatePickler.__dict__["reducer_override"]
+    fix = compat.get_fix("guard-state-singletons")
+    needed = compat.status(fix.id).state is compat.FixState.NEEDED
+    torchkiln.apply_fixes([fix.id])
+    patched = GuardsStatePickler.__dict__["reducer_override"]
+    torchkiln.apply_fixes([fix.id])
+    assert GuardsStatePickler.__dict__["reducer_override"] is patched  # not wrapped twice
+    assert (patched is not original) == needed
+    assert compat.status(fix.id).state is (compat.FixState.APPLIED if needed else compat.FixState.NOT_NEEDED)
+    fix.revert()
+    fix.revert()  # reverting twice is harmless
+    assert GuardsStatePickler.__dict__["reducer_override"] is original
+
+
+def test_shared_singletons_are_the_values_a_fresh_process_rebuilds_by_name() -> None:
+    from torchkiln.compat.fixes.guard_state_singletons import is_shared_singleton
+
+    class LocalMode(enum.Enum):  # a class defined here cannot be found by name in another process
+        A = 1
+
+    shared = (torch.float32, torch.device("cpu"), torch.strided, torch.contiguous_format, Ellipsis, NotImplemented)
+    for value in (*shared, compat.FixState.APPLIED):
+        assert is_shared_singleton(value), value
+    for value in (LocalMode.A, object(), [torch.float32], torch.nn.Linear(1, 1), "float32", 1, None, torch.ones(1)):
+        assert not is_shared_singleton(value), value
 
 
 @pytest.mark.compat

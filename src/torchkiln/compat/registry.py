@@ -84,9 +84,9 @@ _FAILED_PROBES: set[str] = set()
 def _all_fixes() -> tuple[Fix, ...]:
     # Imported here, not at module import: the fix modules import torch internals lazily themselves, and
     # building the table must stay cheap for `torchkiln doctor`.
-    from torchkiln.compat.fixes import builtins_runtime_env, enable_aot_compile, module_globals
+    from torchkiln.compat.fixes import builtins_runtime_env, enable_aot_compile, guard_state_singletons, module_globals
 
-    return (enable_aot_compile.FIX, builtins_runtime_env.FIX, module_globals.FIX)
+    return (enable_aot_compile.FIX, builtins_runtime_env.FIX, module_globals.FIX, guard_state_singletons.FIX)
 
 
 def fixes() -> tuple[Fix, ...]:
