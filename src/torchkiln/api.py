@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import hashlib
 import logging
 import os
@@ -26,18 +25,17 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import artifact, cache_key, compiler, kernels, loader
-from torchkiln._version import __version__
+from torchkiln import builder, cache_key, compiler, frames, loader, request
 from torchkiln.compat import check_supported
 from torchkiln.errors import (
     CompileError,
-    IncompatibleArtifactError,
     StaleArtifactError,
     StoreError,
     TorchkilnError,
     TorchkilnWarning,
 )
 from torchkiln.fingerprint import Fingerprint
+from torchkiln.request import request_fingerprint, request_key
 from torchkiln.store import Store, open_store
 from torchkiln.store.base import variant_key
 
@@ -62,18 +60,6 @@ def _configure_logging() -> None:
         # logging.getLevelName maps a known name to its number (getLevelNamesMapping is Python >= 3.11 only).
         known = logging.getLevelName(level)
         log.setLevel(known if isinstance(known, int) else logging.DEBUG)
-
-
-def _device_type(target: Any, is_module: bool, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
-    import torch
-
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            return str(value.device.type)
-    if is_module:
-        for tensor in target.parameters():
-            return str(tensor.device.type)
-    return "cpu"
 
 
 @dataclasses.dataclass
@@ -116,7 +102,7 @@ class CompiledModule:
 
     # -- calling ------------------------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        full_args = compiler.call_args(self.target, self._is_module, args)
+        full_args = frames.call_args(self.target, self._is_module, args)
         for spec in reversed(self._specializations):
             if spec.function.guard_check(full_args, kwargs):
                 return spec.function(*full_args, **kwargs)
@@ -136,7 +122,7 @@ class CompiledModule:
     def _resolve(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Specialization:
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        key, fingerprint = _request_key(
+        key, fingerprint = request.request_key_and_fingerprint(
             self.target,
             is_module=self._is_module,
             args=args,
@@ -178,7 +164,7 @@ class CompiledModule:
         if self._store is None:
             return None, False
         start = time.perf_counter()
-        full_args = compiler.call_args(self.target, self._is_module, args)
+        full_args = frames.call_args(self.target, self._is_module, args)
         found = False
         first_error: TorchkilnError | None = None
         candidates: list[str] | None = None
@@ -231,44 +217,16 @@ class CompiledModule:
         *,
         call: tuple[Sequence[Any], Mapping[str, Any]] | None = None,
     ) -> _Specialization:
-        start = time.perf_counter()
-        decoded = artifact.decode(data, signing_key=artifact.signing_key_from_env(), where=store_key)
-        header = decoded.header
-        loader.check_header(
-            header,
+        function, header = loader.load(
+            data,
             key=key.key,
             store_key=store_key,
             fingerprint=fingerprint,
             target=self.target,
             is_module=self._is_module,
             call=call,
+            timings=timings,
         )
-        timings["decode"] = time.perf_counter() - start
-        start = time.perf_counter()
-        report = None
-        if "kernels" in decoded.sections:
-            try:
-                report = kernels.restore(decoded.sections["kernels"])
-            except OSError as exc:
-                # An unwritable Inductor cache costs speed (kernels are rebuilt at load), not correctness.
-                log.warning("could not restore the kernels of %s into the Inductor cache: %s", key.key, exc)
-        timings["restore_kernels"] = time.perf_counter() - start
-        start = time.perf_counter()
-        try:
-            with kernels.loading(report):
-                function = compiler.load(
-                    decoded.sections["payload"],
-                    is_module=self._is_module,
-                    target=self.target,
-                    guards=header.get("guards") or [],
-                    guard_globals=header.get("guard_globals") or {},
-                )
-        except StaleArtifactError as exc:
-            exc.where = store_key
-            raise
-        except Exception as exc:
-            raise _load_error(exc, store_key, self.target) from exc
-        timings["load"] = time.perf_counter() - start
         return _Specialization(store_key, function, header, len(data))
 
     def _load_or_compile(
@@ -315,84 +273,25 @@ class CompiledModule:
         kwargs: Mapping[str, Any],
         timings: dict[str, float],
     ) -> _Specialization:
-        start = time.perf_counter()
-        log.info("compiling %s", key.key)
-        with kernels.recording() as recording:
-            result = compiler.compile_target(
-                self.target,
-                args,
-                kwargs,
-                is_module=self._is_module,
-                dynamic=self._dynamic,
-                backend=self._backend,
-                options=self._options,
-            )
-        timings["compile"] = time.perf_counter() - start
-        function = result.function
-        full_args = compiler.call_args(self.target, self._is_module, args)
-        if result.payload is not None and not function.guard_check(full_args, kwargs):
-            # torch's own guards reject the very inputs it compiled for: never run that graph unguarded.
-            result.save_error = "its guards reject the inputs it was compiled for"
-            result.payload = None
-            function = _jit_function(self)
-        unfated = [g for g in result.guards if g.get("fate") == "unfated"]
-        if result.payload is not None and unfated:
-            names = ", ".join(f"{g['guard_type']} {g['name']}" for g in unfated[:5])
-            result.save_error = (
-                f"{len(unfated)} guard(s) torch cannot save have no portable re-check ({names}); an artifact "
-                "without them could run where they do not hold"
-            )
-            result.payload = None
-        if result.payload is None:
-            # Compiled but not saveable (e.g. it names a class defined in __main__): still run it compiled here.
-            self._fallback(
-                CompileError(
-                    f"torch compiled {key.key} but it cannot be saved: {result.save_error}",
-                    where=key.key,
-                    fix=compiler.hint_for(result.save_error or ""),
-                ),
-                "the artifact cannot be saved",
-                then="it runs compiled in this process only",
-            )
-            return _Specialization(key.key, function, {}, 0)
-        start = time.perf_counter()
-        header = {
-            "torchkiln_version": __version__,
-            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "target": _qualname(self.target, self._is_module),
-            "is_module": self._is_module,
-            "device_type": result.device_type,
-            "cache_key": key.to_dict(),
-            "fingerprint": fingerprint.to_dict(),
-            "fixes_applied": result.fixes_applied,
-            "guards": result.guards,
-            "guard_globals": result.guard_globals,
-            "inlined_sources": result.inlined_sources,
-            "compile_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-        }
-        data = artifact.encode(
-            header,
-            {"payload": result.payload, "kernels": kernels.bundle(recording)},
-            signing_key=artifact.signing_key_from_env(),
+        built = builder.build(
+            self.target,
+            args,
+            kwargs,
+            key=key,
+            fingerprint=fingerprint,
+            is_module=self._is_module,
+            dynamic=self._dynamic,
+            backend=self._backend,
+            options=self._options,
+            timings=timings,
         )
-        timings["encode"] = time.perf_counter() - start
-        start = time.perf_counter()
-        reason = compiler.check_loadable(result.payload, is_module=self._is_module, target=self.target)
-        timings["check_loadable"] = time.perf_counter() - start
-        if reason is not None:
-            # Publishing bytes torch cannot load would make every later process warn and recompile: say it once here.
-            self._fallback(
-                CompileError(
-                    f"torch compiled {key.key} but cannot load what it saved: {reason}",
-                    where=key.key,
-                    fix="`torchkiln doctor` lists the forward fixes; report it with `torchkiln doctor --json`",
-                ),
-                "the artifact does not load",
-                then="it is not published and runs compiled in this process only",
-            )
-            return _Specialization(key.key, function, header, 0)
-        store_key = self._publish(key.key, data, timings)
-        return _Specialization(store_key, function, header, len(data))
+        if built.problem is not None:
+            # Compiled but not saveable, or not loadable: it still runs compiled here, and nothing is published.
+            self._fallback(built.problem, built.problem_summary, then="it runs compiled in this process only")
+            return _Specialization(key.key, built.function, built.header, 0)
+        assert built.data is not None  # built.problem is None
+        store_key = self._publish(key.key, built.data, timings)
+        return _Specialization(store_key, built.function, built.header, len(built.data))
 
     def _publish(self, key: str, data: bytes, timings: dict[str, float]) -> str:
         """Publish write-once under ``key``, or, when another build holds it, as a variant beside it (never
@@ -410,101 +309,6 @@ class CompiledModule:
             self._fallback(exc, f"cannot publish {store_key}", then="the model still runs compiled in this process")
         timings["publish"] = time.perf_counter() - start
         return store_key
-
-
-def _jit_function(module: CompiledModule) -> compiler.LoadedFunction:
-    return compiler.LoadedFunction(
-        compiler.jit_compile(
-            module.target,
-            is_module=module._is_module,
-            dynamic=module._dynamic,
-            backend=module._backend,
-            options=module._options,
-        ),
-        jit=True,
-    )
-
-
-def _request_key(
-    target: Any,
-    *,
-    is_module: bool,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-    name: str | None,
-    dynamic: bool,
-    backend: str,
-    options: Mapping[str, Any],
-) -> tuple[cache_key.CacheKey, Fingerprint]:
-    fingerprint = Fingerprint.current(_device_type(target, is_module, args, kwargs))
-    key = cache_key.build(
-        target,
-        tuple(args),
-        kwargs,
-        options={"backend": backend, **options},
-        fingerprint=fingerprint,
-        dynamic=dynamic,
-        name=name,
-    )
-    return key, fingerprint
-
-
-def request_key(
-    target: Any,
-    example_inputs: Any,
-    example_kwargs: Mapping[str, Any] | None = None,
-    *,
-    name: str | None = None,
-    dynamic: bool = False,
-    backend: str = "inductor",
-    options: Mapping[str, Any] | None = None,
-) -> cache_key.CacheKey:
-    """The key ``torchkiln.compile`` looks up for these arguments (for ``torchkiln explain`` and tools)."""
-    is_module = compiler.validate_target(target)
-    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    key, _ = _request_key(
-        target,
-        is_module=is_module,
-        args=args,
-        kwargs=dict(example_kwargs or {}),
-        name=name,
-        dynamic=dynamic,
-        backend=backend,
-        options=options or {},
-    )
-    return key
-
-
-def request_fingerprint(
-    target: Any, example_inputs: Any, example_kwargs: Mapping[str, Any] | None = None
-) -> Fingerprint:
-    """The fingerprint ``torchkiln.compile`` checks artifacts against for these arguments (for ``explain``)."""
-    is_module = compiler.validate_target(target)
-    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    return Fingerprint.current(_device_type(target, is_module, args, dict(example_kwargs or {})))
-
-
-def _qualname(target: Any, is_module: bool) -> str:
-    obj = type(target) if is_module else target
-    return f"{obj.__module__}.{obj.__qualname__}"
-
-
-def _load_error(exc: BaseException, key: str, target: Any) -> TorchkilnError:
-    """Explain why torch could not load an intact artifact, with the fix for the cases we know."""
-    message = f"{type(exc).__name__}: {exc}"
-    if "__main__" in message:
-        return IncompatibleArtifactError(
-            f"the artifact refers to an object defined in __main__ of the script that compiled it ({message[:300]})",
-            where=key,
-            fix="a class or function defined in the script you run (module __main__) does not exist under that "
-            "name in another script: move the model code into an importable module (e.g. mymodel.py) and import "
-            f"it from both scripts (target: {type(target).__qualname__})",
-        )
-    return IncompatibleArtifactError(
-        f"torch could not load the artifact: {message[:500]}",
-        where=key,
-        fix="it is recompiled automatically; if this repeats, report it with `torchkiln doctor --json`",
-    )
 
 
 def compile(

@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import importlib.util
-import inspect
 import io
 import logging
 import pickle  # allowed here (tools/check_forbidden_imports.py): to recognise torch's pickling errors
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,49 +31,21 @@ from typing import Any
 from torchkiln import _entry, compat, guard_fates
 from torchkiln.compat import float_specialization
 from torchkiln.errors import CompileError, InvalidTargetError
+from torchkiln.frames import call_args, loader_globals, portable_globals
+from torchkiln.hints import hint_for
+from torchkiln.sources import describe_inlined_sources
 
 __all__ = [
     "CompileResult",
     "LoadedFunction",
-    "call_args",
     "check_loadable",
     "compile_target",
     "exception_reason",
-    "inlined_sources_changed",
     "load",
     "validate_target",
 ]
 
 log = logging.getLogger("torchkiln.compiler")
-
-#: Settings transformers models need to trace fullgraph, matched against torch's error text -> advice.
-_FULLGRAPH_HINTS: tuple[tuple[str, str], ...] = (
-    ("DynamicCache", "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph"),
-    ("past_key_values", "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph"),
-    ("StaticCache", "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph"),
-    (
-        "PendingUnbackedSymbolNotFound",
-        "a data-dependent size (e.g. a vision-language model's image-token mask) that this torch cannot trace "
-        "fullgraph; torch >= 2.13 compiles Llava-style models (docs/MODELS.md)",
-    ),
-    (
-        "could not get source code",
-        "torch needs the source file of the code it compiles: define the model in a .py file (an importable "
-        "module), not in python -c, stdin or exec()",
-    ),
-    (
-        "on __main__",
-        "a class or function defined in the script you run (module __main__) cannot be saved by name: move the "
-        "model code into an importable module (e.g. mymodel.py) and import it",
-    ),
-    (
-        "TensorifyScalarRestartAnalysis",
-        "Dynamo asked to retrace with a Python float specialized, which aot_compile does not do, and the retry with "
-        "torch._dynamo.config.specialize_float=True failed too (compat/float_specialization.py); try dynamic=False",
-    ),
-    ("data-dependent", "avoid data-dependent Python control flow in forward, or mark the branch with torch.cond"),
-    ("Graph break", "the target must trace as one graph (fullgraph=True): remove the graph break named above"),
-)
 
 
 def validate_target(target: object) -> bool:
@@ -99,11 +67,6 @@ def validate_target(target: object) -> bool:
         where=repr(target)[:80],
         fix="pass the model (an nn.Module) or a module-level function; for a bound method pass the module itself",
     )
-
-
-def call_args(target: Any, is_module: bool, args: Sequence[Any]) -> tuple[Any, ...]:
-    """The positional arguments the compiled function takes: the module first for nn.Module targets."""
-    return (target, *args) if is_module else tuple(args)
 
 
 @dataclasses.dataclass
@@ -171,69 +134,6 @@ def exception_reason(exc: BaseException) -> str:
 def _is_serialization_failure(exc: BaseException) -> bool:
     """aot_compile failed saving what it traced (pickling guards or code), not tracing it."""
     return isinstance(exc, pickle.PicklingError) or "pickle" in type(exc).__name__.lower()
-
-
-#: Inlined sources from these packages are not checked: the fingerprint pins their exact build already.
-_PINNED_PACKAGES = ("torch", "torchkiln")
-
-
-def _module_file(module_name: str) -> str | None:
-    """The source file of a module, cheaply: ``sys.modules`` first, because ``find_spec`` imports the parents
-    (checking ``torch._dynamo.polyfills`` that way would import all of Dynamo on the hit path)."""
-    module = sys.modules.get(module_name)
-    origin = getattr(module, "__file__", None) if module is not None else None
-    if origin is None:
-        try:
-            spec = importlib.util.find_spec(module_name)
-        except (ImportError, ValueError):
-            return None
-        origin = spec.origin if spec else None
-    return origin if origin and Path(origin).is_file() else None
-
-
-def _source_lines_digest(module_name: str, first: int, last: int) -> tuple[str | None, str | None]:
-    """(file path, sha256 of lines first..last-1) of a module's source on disk; (None, None) if it has none."""
-    origin = _module_file(module_name)
-    if origin is None:
-        return None, None
-    with open(origin, "rb") as handle:
-        lines = handle.read().splitlines(keepends=True)
-    return origin, hashlib.sha256(b"".join(lines[first - 1 : last - 1])).hexdigest()
-
-
-def _describe_inlined_sources(source_info: Any) -> list[dict[str, Any]]:
-    records = []
-    for item in sorted(source_info.inlined_sources, key=lambda s: (s.module, s.firstlineno)):
-        path, digest = _source_lines_digest(item.module, item.firstlineno, item.lastlineno)
-        records.append(
-            {
-                "module": item.module,
-                "first_line": item.firstlineno,
-                "last_line": item.lastlineno,
-                "path": path,
-                "sha256": digest,
-            }
-        )
-    return records
-
-
-def inlined_sources_changed(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The inlined source ranges whose text on disk differs from when the artifact was built (cheap: file reads)."""
-    changed = []
-    for record in records:
-        if record.get("sha256") is None or str(record["module"]).split(".")[0] in _PINNED_PACKAGES:
-            continue  # no file to compare (e.g. __main__ from stdin), or a torch file the fingerprint pins
-        _, digest = _source_lines_digest(record["module"], record["first_line"], record["last_line"])
-        if digest != record["sha256"]:
-            changed.append(f"{record['module']} lines {record['first_line']}-{record['last_line']}")
-    return changed
-
-
-def hint_for(message: str) -> str:
-    for needle, hint in _FULLGRAPH_HINTS:
-        if needle in message:
-            return hint
-    return "see torch's reason above; TORCHKILN_LOG=debug and TORCH_LOGS=graph_breaks show more"
 
 
 def compile_target(
@@ -325,42 +225,13 @@ def compile_target(
         payload=payload,
         guards=guards,
         guard_globals=roots,
-        inlined_sources=_describe_inlined_sources(artifacts.source_info),
+        inlined_sources=describe_inlined_sources(artifacts.source_info),
         device_type=str(artifacts.device_type),
         fixes_applied=[s.id for s in statuses if s.state is compat.FixState.APPLIED],
         seconds=seconds,
         save_error=save_error,
         retried=retried,
     )
-
-
-def _loader_globals(target: Any, is_module: bool) -> dict[str, Any]:
-    """The ``f_globals`` ``load`` gives torch: torchkiln's entry module for modules, a function's own globals."""
-    return vars(_entry) if is_module else dict(target.__globals__)
-
-
-#: Names Dynamo installs into the compiling frame's globals (``__import_<mod>``, ``___module_<name>_<id>_c<N>``,
-#: ``__builtins_dict___<N>``): present in this process's globals after a compile, absent in a fresh one.
-_DYNAMO_INSTALLED = ("__import_", "___", "__builtins_dict")
-
-
-def portable_globals(target: Any, is_module: bool) -> dict[str, Any]:
-    """The loader's globals without the names Dynamo installed in this process (what a fresh process has)."""
-    return {k: v for k, v in _loader_globals(target, is_module).items() if not k.startswith(_DYNAMO_INSTALLED)}
-
-
-def frame_locals(target: Any, is_module: bool, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The locals the compiled entry's frame starts with for a call (the names guard expressions use), bound the way
-    torch's ``AOTCompiledFunction.prepare_f_locals`` binds them: closure cells, then the signature's arguments."""
-    fn: Any = _entry.call_module if is_module else target
-    f_locals: dict[str, Any] = {}
-    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
-        with contextlib.suppress(ValueError):  # an empty cell
-            f_locals[name] = cell.cell_contents
-    bound = inspect.signature(fn).bind(*call_args(target, is_module, args), **kwargs)
-    bound.apply_defaults()
-    f_locals.update(bound.arguments)
-    return f_locals
 
 
 def _self_check_guards(
@@ -481,7 +352,7 @@ def load(
     """
     import torch.compiler
 
-    f_globals = _loader_globals(target, is_module)
+    f_globals = loader_globals(target, is_module)
     with _in_process_kernel_loading():
         function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
     # The re-checks on module globals ran before anything was unpickled (loader.check_header); all of them run

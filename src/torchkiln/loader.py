@@ -11,14 +11,18 @@ first call: torch's kept guards and the re-checks on the call's arguments.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import cache_key, compiler, guard_fates
-from torchkiln.errors import IncompatibleArtifactError, StaleArtifactError
+from torchkiln import artifact, cache_key, compiler, frames, guard_fates, kernels, sources
+from torchkiln.errors import IncompatibleArtifactError, StaleArtifactError, TorchkilnError
 from torchkiln.fingerprint import Fingerprint
 
-__all__ = ["check_header"]
+__all__ = ["check_header", "load"]
+
+log = logging.getLogger("torchkiln")
 
 
 def check_header(
@@ -52,7 +56,7 @@ def check_header(
             fix="nothing to do: torchkiln looks for the variant built for this CPU, or compiles it",
         )
     fingerprint.check_compatible(built_for, where=store_key)
-    changed = compiler.inlined_sources_changed(header.get("inlined_sources") or [])
+    changed = sources.inlined_sources_changed(header.get("inlined_sources") or [])
     if changed:
         raise StaleArtifactError(
             f"source changed since the artifact was built: {', '.join(changed[:5])}",
@@ -60,11 +64,87 @@ def check_header(
             fix="nothing to do: torchkiln looks for the variant built from these sources, or compiles it",
         )
     rechecker = guard_fates.Rechecker.of(header.get("guards") or [], header.get("guard_globals") or {})
-    mismatches = rechecker.mismatches(compiler.portable_globals(target, is_module), None, scope="global")
+    f_locals = None if call is None else frames.frame_locals(target, is_module, *call)
+    scope = "global" if f_locals is None else None
+    mismatches = rechecker.mismatches(frames.portable_globals(target, is_module), f_locals, scope=scope)
     if mismatches:
         raise StaleArtifactError(
-            f"{len(mismatches)} module global(s) the graph was specialized on differ here: "
-            + "; ".join(mismatches[:3]),
+            f"{len(mismatches)} value(s) the graph was specialized on differ here: " + "; ".join(mismatches[:3]),
             where=store_key,
             fix="nothing to do: torchkiln looks for the variant built for these values, or compiles it",
         )
+
+
+def load(
+    data: bytes,
+    *,
+    key: str,
+    store_key: str,
+    fingerprint: Fingerprint,
+    target: Any,
+    is_module: bool,
+    call: tuple[Sequence[Any], Mapping[str, Any]] | None,
+    timings: dict[str, float],
+) -> tuple[compiler.LoadedFunction, dict[str, Any]]:
+    """Stored bytes -> (callable, header): verify (before any unpickling), check the fit, restore the kernels, load.
+
+    Raises the typed errors only (corrupt, untrusted, incompatible, stale = another variant); never warns: the
+    caller (api.py) owns the warn-or-raise policy.
+    """
+    start = time.perf_counter()
+    decoded = artifact.decode(data, signing_key=artifact.signing_key_from_env(), where=store_key)
+    header = decoded.header
+    check_header(
+        header,
+        key=key,
+        store_key=store_key,
+        fingerprint=fingerprint,
+        target=target,
+        is_module=is_module,
+        call=call,
+    )
+    timings["decode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    report = None
+    if "kernels" in decoded.sections:
+        try:
+            report = kernels.restore(decoded.sections["kernels"])
+        except OSError as exc:
+            # An unwritable Inductor cache costs speed (kernels are rebuilt at load), not correctness.
+            log.warning("could not restore the kernels of %s into the Inductor cache: %s", key, exc)
+    timings["restore_kernels"] = time.perf_counter() - start
+    start = time.perf_counter()
+    try:
+        with kernels.loading(report):
+            function = compiler.load(
+                decoded.sections["payload"],
+                is_module=is_module,
+                target=target,
+                guards=header.get("guards") or [],
+                guard_globals=header.get("guard_globals") or {},
+            )
+    except StaleArtifactError as exc:
+        exc.where = store_key
+        raise
+    except Exception as exc:
+        raise load_error(exc, store_key, target) from exc
+    timings["load"] = time.perf_counter() - start
+    return function, header
+
+
+def load_error(exc: BaseException, key: str, target: Any) -> TorchkilnError:
+    """Explain why torch could not load an intact artifact, with the fix for the cases we know."""
+    message = f"{type(exc).__name__}: {exc}"
+    if "__main__" in message:
+        return IncompatibleArtifactError(
+            f"the artifact refers to an object defined in __main__ of the script that compiled it ({message[:300]})",
+            where=key,
+            fix="a class or function defined in the script you run (module __main__) does not exist under that "
+            "name in another script: move the model code into an importable module (e.g. mymodel.py) and import "
+            f"it from both scripts (target: {type(target).__qualname__})",
+        )
+    return IncompatibleArtifactError(
+        f"torch could not load the artifact: {message[:500]}",
+        where=key,
+        fix="it is recompiled automatically; if this repeats, report it with `torchkiln doctor --json`",
+    )

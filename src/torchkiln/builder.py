@@ -1,0 +1,123 @@
+"""The miss: compile the target with its kernels recorded, decide whether the build may be published, encode it.
+
+It owns what an artifact holds (the header it writes, the kernel bundle, the payload) and the rules that keep a
+build out of every store: torch could not serialize it, its own guards reject the inputs it was built for, a guard
+torch cannot keep has no portable re-check (unfated), or torch cannot load the bytes back. Each becomes
+``Built.problem`` (a ``CompileError`` with torch's reason); api.py decides whether to warn or raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torchkiln import artifact, cache_key, compiler, frames, kernels
+from torchkiln._version import __version__
+from torchkiln.errors import CompileError
+from torchkiln.fingerprint import Fingerprint
+from torchkiln.hints import hint_for
+
+__all__ = ["Built", "build"]
+
+log = logging.getLogger("torchkiln")
+
+
+@dataclasses.dataclass
+class Built:
+    """A compile's outcome: ``function`` always runs; ``data`` is the artifact to publish, unless ``problem``."""
+
+    function: compiler.LoadedFunction
+    header: dict[str, Any]
+    data: bytes | None
+    problem: CompileError | None = None
+    problem_summary: str = ""
+
+
+def qualname_of(target: Any, is_module: bool) -> str:
+    obj = type(target) if is_module else target
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def build(
+    target: Any,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    key: cache_key.CacheKey,
+    fingerprint: Fingerprint,
+    is_module: bool,
+    dynamic: bool,
+    backend: str,
+    options: Mapping[str, Any],
+    timings: dict[str, float],
+) -> Built:
+    """Compile ``target`` for these inputs (``CompileError`` when torch cannot) and encode what may be published."""
+    start = time.perf_counter()
+    log.info("compiling %s", key.key)
+    with kernels.recording() as recording:
+        result = compiler.compile_target(
+            target, args, kwargs, is_module=is_module, dynamic=dynamic, backend=backend, options=options
+        )
+    timings["compile"] = time.perf_counter() - start
+    function = result.function
+    full_args = frames.call_args(target, is_module, args)
+    if result.payload is not None and not function.guard_check(full_args, kwargs):
+        # torch's own guards reject the very inputs it compiled for: never run that graph unguarded.
+        result.save_error = "its guards reject the inputs it was compiled for"
+        result.payload = None
+        function = compiler.LoadedFunction(
+            compiler.jit_compile(target, is_module=is_module, dynamic=dynamic, backend=backend, options=options),
+            jit=True,
+        )
+    unfated = [g for g in result.guards if g.get("fate") == "unfated"]
+    if result.payload is not None and unfated:
+        names = ", ".join(f"{g['guard_type']} {g['name']}" for g in unfated[:5])
+        result.save_error = (
+            f"{len(unfated)} guard(s) torch cannot save have no portable re-check ({names}); an artifact "
+            "without them could run where they do not hold"
+        )
+        result.payload = None
+    if result.payload is None:
+        problem = CompileError(
+            f"torch compiled {key.key} but it cannot be saved: {result.save_error}",
+            where=key.key,
+            fix=hint_for(result.save_error or ""),
+        )
+        return Built(function, {}, None, problem, "the artifact cannot be saved")
+    start = time.perf_counter()
+    header = {
+        "torchkiln_version": __version__,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": qualname_of(target, is_module),
+        "is_module": is_module,
+        "device_type": result.device_type,
+        "cache_key": key.to_dict(),
+        "fingerprint": fingerprint.to_dict(),
+        "fixes_applied": result.fixes_applied,
+        "guards": result.guards,
+        "guard_globals": result.guard_globals,
+        "inlined_sources": result.inlined_sources,
+        "compile_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+    }
+    data = artifact.encode(
+        header,
+        {"payload": result.payload, "kernels": kernels.bundle(recording)},
+        signing_key=artifact.signing_key_from_env(),
+    )
+    timings["encode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    reason = compiler.check_loadable(result.payload, is_module=is_module, target=target)
+    timings["check_loadable"] = time.perf_counter() - start
+    if reason is not None:
+        # Publishing bytes torch cannot load would make every later process warn and recompile: say it once here.
+        problem = CompileError(
+            f"torch compiled {key.key} but cannot load what it saved: {reason}",
+            where=key.key,
+            fix="`torchkiln doctor` lists the forward fixes; report it with `torchkiln doctor --json`",
+        )
+        return Built(function, header, None, problem, "the artifact does not load")
+    return Built(function, header, data)
