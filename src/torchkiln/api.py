@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from torchkiln import builder, cache_key, compiler, frames, loader, request
@@ -167,45 +167,55 @@ class CompiledModule:
         full_args = frames.call_args(self.target, self._is_module, args)
         found = False
         first_error: TorchkilnError | None = None
-        candidates: list[str] | None = None
-        store_key: str | None = key.key
-        tried: set[str] = set()
-        while store_key is not None:
-            tried.add(store_key)
+        # Not a variant mismatch but a broken object (corrupt, untrusted, unloadable): reported as a fallback only
+        # if no variant fits; a fitting variant is a hit, and the broken object is logged with its fix.
+        broken: list[tuple[str, TorchkilnError]] = []
+        for store_key in self._candidates(key.key):
+            data = self._read(store_key)
+            if data is None:
+                continue
+            found = True
+            timings["store_get"] = timings.get("store_get", 0.0) + time.perf_counter() - start
             try:
-                data = self._store.get(store_key)
-            except StoreError as exc:
-                self._fallback(exc, f"cannot read the cache for {store_key}")
-                data = None
-            if data is not None:
-                found = True
-                timings["store_get"] = timings.get("store_get", 0.0) + time.perf_counter() - start
-                try:
-                    spec = self._load(key, store_key, fingerprint, data, timings, call=(args, kwargs))
-                    if spec.function.guard_check(full_args, kwargs):
-                        return spec, True
-                    log.info("the guards of %s reject these inputs: another variant of the key", store_key)
-                except StaleArtifactError as exc:
-                    log.info("%s", exc)  # another variant's artifact: not an error
-                    first_error = first_error or exc
-                except TorchkilnError as exc:
-                    self._fallback(
-                        exc,
-                        f"cannot use the cached artifact {store_key}",
-                        then="trying its variants, else compiling instead",
-                    )
-                start = time.perf_counter()
-            if candidates is None:
-                try:
-                    candidates = self._store.variants(key.key)
-                except StoreError as exc:
-                    self._fallback(exc, f"cannot list the variants of {key.key}")
-                    candidates = []
-            store_key = next((c for c in candidates if c not in tried), None)
+                spec = self._load(key, store_key, fingerprint, data, timings, call=(args, kwargs))
+                if spec.function.guard_check(full_args, kwargs):
+                    for where, problem in broken:
+                        log.warning("cached artifact %s is unusable (another variant was used): %s", where, problem)
+                    return spec, True
+                log.info("the guards of %s reject these inputs: another variant of the key", store_key)
+            except StaleArtifactError as exc:
+                log.info("%s", exc)  # another variant's artifact: not an error
+                first_error = first_error or exc
+            except TorchkilnError as exc:
+                if self.strict:
+                    raise
+                broken.append((store_key, exc))
+            start = time.perf_counter()
         timings["store_get"] = timings.get("store_get", 0.0) + time.perf_counter() - start
         if found and self.strict and first_error is not None:
             raise first_error
+        for where, problem in broken:
+            self._fallback(problem, f"cannot use the cached artifact {where}")
         return None, found
+
+    def _candidates(self, key: str) -> Iterator[str]:
+        """``key``, then its variants; the variants are listed only when ``key`` itself did not fit."""
+        assert self._store is not None
+        yield key
+        try:
+            variants = self._store.variants(key)
+        except StoreError as exc:
+            self._fallback(exc, f"cannot list the variants of {key}")
+            return
+        yield from variants
+
+    def _read(self, store_key: str) -> bytes | None:
+        assert self._store is not None
+        try:
+            return self._store.get(store_key)
+        except StoreError as exc:
+            self._fallback(exc, f"cannot read the cache for {store_key}")
+            return None
 
     def _load(
         self,
@@ -287,7 +297,9 @@ class CompiledModule:
         )
         if built.problem is not None:
             # Compiled but not saveable, or not loadable: it still runs compiled here, and nothing is published.
-            self._fallback(built.problem, built.problem_summary, then="it runs compiled in this process only")
+            self._fallback(
+                built.problem, built.problem_summary, then="it is not published and runs compiled in this process only"
+            )
             return _Specialization(key.key, built.function, built.header, 0)
         assert built.data is not None  # built.problem is None
         store_key = self._publish(key.key, built.data, timings)
