@@ -122,6 +122,7 @@ def load(
                 target=target,
                 guards=header.get("guards") or [],
                 guard_globals=header.get("guard_globals") or {},
+                device_type=header.get("device_type"),
             )
     except StaleArtifactError as exc:
         exc.where = store_key

@@ -1,0 +1,404 @@
+"""The Inductor/Triton cache scopes: the install memo of Inductor's source-tree hash, ``torch_key()``.
+
+``torch._inductor.codecache.torch_key()`` hashes every Python module of the installed torch (~2,300 files; 0.13 s
+in a fresh process on the 2-core CPU box, ~0.26 s on a GPU host per issue 12) once per process, when Inductor
+first keys anything: every compile (FX graph cache key) and, on a GPU hit, the loaded graph's Triton kernels
+(``CompiledTritonKernels.key``). A CPU hit (torch 2.11, 2.13) does not call it. The value changes only with those
+files, so :func:`prime_torch_key` (called by ``compiler.load`` and ``compiler.compile_target`` before torch's load
+or compile) hands torch the memoized value through the hook torch gives the function, ``torch_key.set(value)``.
+Without a valid memo torch hashes (once per install: the first miss or hit) and the result is memoized.
+
+Where: ``<user cache dir>/torchkiln/v1/memo/torch-key-<24 hex of the torch dir>.json`` (platformdirs; one file per
+torch directory, replaced when the install changes); local only, never in a shared or remote store.
+
+Identity: a sha256 over torch's version, the torch directory (path, real path, inode), the stat of its dist-info
+``RECORD`` and ``direct_url.json`` when they sit next to it, and path, size, mtime, ctime, inode and device of every
+file ``torch_key`` reads: a superset of its walk (``build_code_hash``: each file with an importable suffix in each
+package directory, i.e. one holding an ``__init__`` module) plus Inductor's two extra files. So a reinstall,
+upgrade or downgrade (every file written again: new inode and ctime, ``RECORD`` rewritten), an edit, ``git
+checkout`` or rebuild of an editable/source install (whose ``RECORD`` does not list the sources), a hand edit of one
+file in site-packages (the kernel sets ctime on every write; user space cannot set it back), an added or removed
+module: each changes it. Racily clean files (git's term): a memo is saved only when the identity is the same before
+and after torch hashed and no hashed file changed in the 2 s before, so a later write cannot keep a recorded stat.
+A check costs one ``stat`` per file and one small read.
+
+Reading validates everything: a regular file, not a link, this user's, not group/world-writable, <= 64 KiB, format
+and kind, this install's identity, a 64-hex value, a sha256 over the content; anything else is ignored and
+recomputed (``detail`` says why). Writes are atomic (a 0600 temp file in the 0700 directory, then a rename).
+
+Probe, like a forward fix: used only where torch is in :data:`TORCH_KEY_RANGE` and has ``codecache.torch_key`` with
+callable ``set`` and ``clear`` (2.11: ``codecache.torch_key_cache``, whose ``set`` asserts it is empty; 2.13:
+``torch.utils._functools.prefetchable_cache``, whose ``set`` raises ``RuntimeError`` once a value is there) and
+``codecache._TORCH_PATH``, outside fbcode (whose ``torch_key`` reads ``src_hash.txt``). Otherwise the plain path:
+torch hashes, as without torchkiln; never an ImportError. Checked on torch 2.11.0 and 2.13.0 (2.12 not run here);
+the range ends before 2.14 because the identity mirrors what ``torch_key`` hashes there: review it first.
+
+Not memoized: Triton's ``triton_key()`` (``triton/runtime/cache.py``, ~0.42 s on a GPU host; it hashes
+``libtriton.so``) is a plain ``functools.lru_cache`` without a pre-population hook, bound by name in
+``triton_compat`` and ``triton.runtime.autotuner``; torch 2.13's ``codecache.triton_key`` has a ``set``, but only
+``CacheBase.get_system`` calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.machinery
+import json
+import logging
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from packaging.specifiers import SpecifierSet
+
+__all__ = [
+    "MEMO_FORMAT",
+    "TORCH_KEY_RANGE",
+    "InstallIdentity",
+    "MemoReport",
+    "install_identity",
+    "memo_dir",
+    "memo_path",
+    "prime_torch_key",
+    "read_memo",
+    "report",
+    "write_memo",
+]
+
+log = logging.getLogger("torchkiln.inductor_cache")
+
+#: Torch releases whose ``torch_key`` the identity mirrors (checked on 2.11.0 and 2.13.0).
+TORCH_KEY_RANGE = SpecifierSet(">=2.11.0.dev0,<2.14.0.dev0")
+MEMO_FORMAT = 1
+_KIND = "torchkiln-install-memo"
+_MAX_MEMO_BYTES = 64 * 1024
+#: A file changed this recently is racily clean: a later write in the same timestamp tick could keep its stat.
+_RACY_NS = 2_000_000_000
+#: Inductor's extra hashed files, relative to ``torch/_inductor`` (``torch_key``'s ``extra_files``, 2.11 and 2.13).
+_INDUCTOR_EXTRA_FILES = ("codegen/aoti_runtime/interface.cpp", "script.ld")
+_SUFFIXES = tuple(sorted(set(importlib.machinery.all_suffixes()), key=len, reverse=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class InstallIdentity:
+    """What a memo is valid for: ``digest`` changes whenever a file ``torch_key`` hashes can have changed."""
+
+    digest: str
+    files: int  # files stat'ed (modules of torch plus the extra files found)
+    newest_change_ns: int  # the latest ctime among them: racily clean when close to now
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoReport:
+    """What :func:`prime_torch_key` did in this process.
+
+    ``state``: ``applied`` (torch got the memo's value and will not hash), ``saved`` (no valid memo: torch hashed,
+    now memoized), ``computed`` (torch hashed; not memoized, ``detail`` says why), ``already-set`` (torch had
+    hashed earlier in this process), ``unavailable`` (the probe failed: the plain path, ``detail`` says why).
+    """
+
+    state: str
+    detail: str
+    seconds: float
+    path: str | None = None
+
+
+_report: MemoReport | None = None
+
+
+def report() -> MemoReport | None:
+    """This process's :func:`prime_torch_key` outcome, or None if it has not run."""
+    return _report
+
+
+# -- identity --------------------------------------------------------------------------------------------------
+def _is_module_file(name: str) -> bool:
+    return name.endswith(_SUFFIXES) and name not in _SUFFIXES
+
+
+def _is_package(names: set[str]) -> bool:
+    return any("__init__" + suffix in names for suffix in _SUFFIXES)
+
+
+def _stat_line(rel: str, st: os.stat_result) -> str:
+    return f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}\n"
+
+
+def _walk(directory: str, rel: str, lines: list[str], newest: list[int], seen: set[tuple[int, int]]) -> None:
+    """Stat every module file of the package at ``directory`` and of its sub-packages: what ``build_code_hash``
+    reads. pkgutil lists a directory as a package only when it holds an ``__init__`` module and its name has no
+    dot; ``__pycache__`` never qualifies (``__init__.cpython-311.pyc`` is module ``__init__.cpython-311``)."""
+    try:
+        with os.scandir(directory) as it:
+            entries = list(it)
+    except OSError as exc:
+        lines.append(f"{rel}\0unreadable {exc.errno}\n")
+        return
+    if rel and not _is_package({e.name for e in entries}):
+        return
+    for entry in entries:
+        name = entry.name
+        path = f"{rel}/{name}" if rel else name
+        try:
+            if entry.is_dir():  # follows links, like pkgutil
+                if name == "__pycache__" or "." in name:
+                    continue
+                if entry.is_symlink():  # a link cycle would recurse forever
+                    st = entry.stat()
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                _walk(entry.path, path, lines, newest, seen)
+            elif _is_module_file(name):
+                st = entry.stat()
+                lines.append(_stat_line(path, st))
+                newest[0] = max(newest[0], st.st_ctime_ns)
+        except OSError as exc:  # a dangling link or a file removed meanwhile: part of the identity too
+            lines.append(f"{path}\0unreadable {exc.errno}\n")
+
+
+def _optional_stat(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{path}\0absent\n"
+    return _stat_line(str(path), st)
+
+
+def install_identity(torch_dir: str | os.PathLike[str], version: str) -> InstallIdentity:
+    """The identity of the torch installed at ``torch_dir`` (its package directory) with ``version``."""
+    root = os.fspath(torch_dir)
+    top = Path(root).stat()
+    lines = [f"{_KIND} {MEMO_FORMAT}\n", f"version\0{version}\n", f"root\0{root}\0{os.path.realpath(root)}\n"]
+    lines.append(f"root-inode\0{top.st_ino}\0{top.st_dev}\n")
+    parent = Path(root).parent
+    for info in sorted(parent.glob(f"{Path(root).name}-*.dist-info")):
+        lines += [_optional_stat(info / "RECORD"), _optional_stat(info / "direct_url.json")]
+    newest = [0]
+    found: list[str] = []
+    _walk(root, "", found, newest, {(top.st_dev, top.st_ino)})
+    lines += sorted(found)
+    for extra in _INDUCTOR_EXTRA_FILES:
+        path = Path(root, "_inductor", extra)
+        lines.append(_optional_stat(path))
+        with contextlib.suppress(OSError):
+            newest[0] = max(newest[0], path.stat().st_ctime_ns)
+    digest = hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+    files = sum(1 for line in lines if line.count("\0") == 5)
+    return InstallIdentity(digest=digest, files=files, newest_change_ns=newest[0])
+
+
+# -- the memo file ---------------------------------------------------------------------------------------------
+def memo_dir(root: Path | None = None) -> Path:
+    """``<root>/v1/memo``; ``root`` defaults to the user cache dir's ``torchkiln`` (never a remote store)."""
+    if root is None:
+        from torchkiln.store import default_local_root
+
+        root = default_local_root()
+    from torchkiln.store import LAYOUT_VERSION
+
+    return Path(root) / LAYOUT_VERSION / "memo"
+
+
+def memo_path(torch_dir: str | os.PathLike[str], root: Path | None = None) -> Path:
+    name = hashlib.sha256(os.path.realpath(os.fspath(torch_dir)).encode("utf-8", "surrogateescape")).hexdigest()
+    return memo_dir(root) / f"torch-key-{name[:24]}.json"
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _is_hex(value: object, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdef" for c in value)
+
+
+def _private(st: os.stat_result) -> str | None:
+    """Why a memo file or directory must not be trusted (another owner, writable by others), or None."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None and st.st_uid != getuid():
+        return f"owned by uid {st.st_uid}, not {getuid()}"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+class _IgnoredMemoError(Exception):
+    """Why a memo file is not used (it is then recomputed and replaced)."""
+
+
+def _read_private(path: Path) -> bytes:
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise _IgnoredMemoError("no memo yet") from None
+    except OSError as exc:  # ELOOP: a symbolic link
+        raise _IgnoredMemoError(f"cannot open the memo: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_MEMO_BYTES:
+            raise _IgnoredMemoError("the memo is not a small regular file")
+        refused = _private(st)
+        if refused:
+            raise _IgnoredMemoError(f"the memo is {refused}")
+        return handle.read(_MAX_MEMO_BYTES + 1)
+
+
+def _parse(raw: bytes, identity: InstallIdentity) -> dict[str, str]:
+    try:
+        memo = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _IgnoredMemoError("the memo is not JSON (corrupt)") from None
+    if not isinstance(memo, dict):
+        raise _IgnoredMemoError("the memo is not a JSON object (corrupt)")
+    body = {k: v for k, v in memo.items() if k != "sha256"}
+    if memo.get("sha256") != _checksum(body):
+        raise _IgnoredMemoError("the memo's checksum does not match (corrupt)")
+    if body.get("format") != MEMO_FORMAT or body.get("kind") != _KIND:
+        raise _IgnoredMemoError("the memo has another format")
+    if body.get("identity") != identity.digest:
+        raise _IgnoredMemoError("the memo was written for another install (torch changed since)")
+    values = body.get("values")
+    if not isinstance(values, dict) or not _is_hex(values.get("torch_key"), 64):
+        raise _IgnoredMemoError("the memo has no valid torch_key")
+    return {"torch_key": str(values["torch_key"])}
+
+
+def read_memo(path: Path, identity: InstallIdentity) -> tuple[dict[str, str] | None, str]:
+    """(the memo's values, "") when ``path`` holds a valid memo for ``identity``; else (None, why not)."""
+    try:
+        return _parse(_read_private(path), identity), ""
+    except _IgnoredMemoError as exc:
+        return None, str(exc)
+
+
+def write_memo(path: Path, identity: InstallIdentity, values: dict[str, str], *, torch_version: str) -> None:
+    """Atomically write the memo (0600, in a 0700 directory of this user); OSError when it cannot."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    refused = _private(path.parent.stat())
+    if refused:
+        raise PermissionError(f"{path.parent} is {refused}")
+    body: dict[str, Any] = {
+        "format": MEMO_FORMAT,
+        "kind": _KIND,
+        "identity": identity.digest,
+        "torch_version": torch_version,
+        "files": identity.files,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "values": dict(values),
+    }
+    data = json.dumps({**body, "sha256": _checksum(body)}, sort_keys=True, indent=1).encode() + b"\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".memo-", suffix=".tmp")  # 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- the probe and the cut -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _TorchKeyHook:
+    compute: Callable[[], bytes]  # torch_key itself (caches what it computes)
+    set_value: Callable[[bytes], None]
+    clear: Callable[[], None]
+    torch_dir: str
+    version: str
+
+
+def _hook() -> tuple[_TorchKeyHook | None, str]:
+    """(torch's ``torch_key`` and its hooks, "") when this torch can take a memo, else (None, why not)."""
+    from torchkiln.compat.versions import in_range, torch_version
+
+    if not in_range(TORCH_KEY_RANGE):
+        return None, f"torch {torch_version()} is outside {TORCH_KEY_RANGE}"
+    try:
+        import torch
+        from torch._inductor import codecache
+        from torch._inductor import config as inductor_config
+    except ImportError as exc:
+        return None, f"cannot import torch._inductor.codecache: {exc}"
+    fn = getattr(codecache, "torch_key", None)
+    set_value, clear = getattr(fn, "set", None), getattr(fn, "clear", None)
+    torch_dir = getattr(codecache, "_TORCH_PATH", None)
+    if not (callable(fn) and callable(set_value) and callable(clear)):
+        return None, "torch._inductor.codecache.torch_key has no set/clear hooks"
+    if not isinstance(torch_dir, str) or not Path(torch_dir).is_dir():
+        return None, "torch._inductor.codecache._TORCH_PATH is missing"
+    is_fbcode = getattr(inductor_config, "is_fbcode", None)
+    if callable(is_fbcode) and is_fbcode():
+        return None, "fbcode's torch_key reads src_hash.txt"
+    return _TorchKeyHook(fn, set_value, clear, torch_dir, str(torch.__version__)), ""
+
+
+def prime_torch_key(*, root: Path | None = None) -> MemoReport:
+    """Give torch its ``torch_key`` from the install memo, or let torch hash once and memoize the result.
+
+    Call before torch's load or compile. Runs once per process (later calls return the first report). Never
+    raises for a missing hook, an unreadable or foreign memo, or an unwritable cache dir: those are the plain path.
+    """
+    global _report
+    if _report is not None:
+        return _report
+    start = time.perf_counter()
+    hook, why = _hook()
+    if hook is None:
+        _report = MemoReport("unavailable", why, time.perf_counter() - start)
+        log.debug("install memo unavailable: %s", why)
+        return _report
+    path = memo_path(hook.torch_dir, root)
+    _report = _prime(hook, path, start)
+    log.debug("install memo %s (%.3f s): %s", _report.state, _report.seconds, _report.detail)
+    return _report
+
+
+def _prime(hook: _TorchKeyHook, path: Path, start: float) -> MemoReport:
+    def done(state: str, detail: str) -> MemoReport:
+        return MemoReport(state, detail, time.perf_counter() - start, str(path))
+
+    before_ns = time.time_ns()
+    try:
+        identity = install_identity(hook.torch_dir, hook.version)
+    except OSError as exc:
+        return done("unavailable", f"cannot stat the torch install: {exc}")
+    values, why = read_memo(path, identity)
+    if values is None:
+        state, detail = _hash_and_memoize(hook, path, identity, before_ns)
+        return done(state, f"{why}; {detail}")
+    try:
+        hook.set_value(bytes.fromhex(values["torch_key"]))
+    except (RuntimeError, AssertionError):
+        return done("already-set", "torch hashed its sources earlier in this process")
+    return done("applied", f"{identity.files} files unchanged")
+
+
+def _hash_and_memoize(hook: _TorchKeyHook, path: Path, identity: InstallIdentity, before_ns: int) -> tuple[str, str]:
+    """Torch hashes (freshly: a value cached earlier in this process may predate ``identity``); memoize it when the
+    files provably did not change around the hash."""
+    hook.clear()
+    value = hook.compute()
+    try:
+        after = install_identity(hook.torch_dir, hook.version)
+    except OSError as exc:
+        return "computed", f"cannot stat the torch install again: {exc}"
+    if after.digest != identity.digest:
+        return "computed", "torch's files changed while it hashed them: not memoized"
+    if identity.newest_change_ns >= before_ns - _RACY_NS:
+        return "computed", "a torch file changed in the last 2 s: not memoized"
+    try:
+        write_memo(path, identity, {"torch_key": value.hex()}, torch_version=hook.version)
+    except OSError as exc:
+        log.info("cannot write the install memo %s: %s", path, exc)
+        return "computed", f"cannot write the memo: {exc}"
+    return "saved", f"memoized in {path.name}"
