@@ -367,10 +367,11 @@ def test_probe_without_the_hook_is_the_plain_path(
 
 
 # -- the hit, across processes ----------------------------------------------------------------------------------
-def _memo_child(config: dict[str, Any], scratch: Path, xdg: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    proc = run_script(
-        [str(HELPERS / "memo_child.py"), json.dumps(config)], scratch, extra_env={"XDG_CACHE_HOME": str(xdg)}
-    )
+def _memo_child(
+    config: dict[str, Any], scratch: Path, xdg: Path, *, prime: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    env = {"XDG_CACHE_HOME": str(xdg), "TK_PRIME_AS_GPU_LOAD": "1" if prime else "0"}
+    proc = run_script([str(HELPERS / "memo_child.py"), json.dumps(config)], scratch, extra_env=env)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("TKMEMO "))
     return parse_result(proc.stdout), json.loads(line[len("TKMEMO ") :])
 
@@ -408,13 +409,23 @@ def test_hit_with_the_memo_is_correct_and_does_not_hash(compiled: dict[str, Any]
     assert memo["torch_key"] == torch_computes
 
 
+def test_cpu_hit_neither_hashes_nor_reads_the_memo(compiled: dict[str, Any]) -> None:
+    work = compiled["work"]
+    result, memo = _memo_child({**MLP, "cache": str(work / "cache")}, work / "cpu-hit", work / "xdg-cpu", prime=False)
+    record = result["compiles"][0]
+    assert record["error"] is None and record["hit"] is True and record["max_diff"] <= TOL
+    assert memo["build_code_hash_calls"] == 0  # a CPU hit never asks for torch_key()
+    assert memo["report"] is None  # so the memo was not even looked at
+    assert not (work / "xdg-cpu" / "torchkiln" / "v1" / "memo").exists()
+
+
 def test_first_hit_without_a_memo_hashes_once_and_memoizes(compiled: dict[str, Any], torch_computes: str) -> None:
     work = compiled["work"]
     result, memo = _memo_child({**MLP, "cache": str(work / "cache")}, work / "first-hit", work / "xdg-new-machine")
     record = result["compiles"][0]
     assert record["error"] is None and record["hit"] is True and record["max_diff"] <= TOL
     assert memo["report"]["state"] == "saved", memo
-    assert memo["build_code_hash_calls"] > 0  # the counter does see torch's walk when it happens
-    assert memo["after_torch_key"] == memo["build_code_hash_calls"]  # and torch did not walk a second time
+    assert memo["build_code_hash_calls"] == 0  # the CPU hit itself never hashed
+    assert memo["after_torch_key"] > 0  # priming (as a GPU load does) walked torch's sources, once per machine
     assert memo["torch_key"] == torch_computes
     assert list((work / "xdg-new-machine" / "torchkiln" / "v1" / "memo").glob("torch-key-*.json"))
