@@ -153,8 +153,12 @@ class CompiledModule:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         timings: dict[str, float],
+        *,
+        tried: set[str],
     ) -> tuple[_Specialization | None, bool]:
         """(the variant of ``key`` that fits these inputs in this process, or None; whether any was stored).
+
+        ``tried`` collects the store keys read; those already in it are not read again (after the lock wait).
 
         The artifact under ``key`` is tried first, then its variants (store.variants): builds of the same key
         whose inlined sources, re-checked guards or CPU extensions differ. A variant that does not fit is left
@@ -171,6 +175,9 @@ class CompiledModule:
         # if no variant fits; a fitting variant is a hit, and the broken object is logged with its fix.
         broken: list[tuple[str, TorchkilnError]] = []
         for store_key in self._candidates(key.key):
+            if store_key in tried:
+                continue
+            tried.add(store_key)
             data = self._read(store_key)
             if data is None:
                 continue
@@ -247,7 +254,8 @@ class CompiledModule:
         kwargs: Mapping[str, Any],
         timings: dict[str, float],
     ) -> tuple[_Specialization, bool]:
-        spec, found = self._try_load(key, fingerprint, args, kwargs, timings)
+        tried: set[str] = set()
+        spec, _ = self._try_load(key, fingerprint, args, kwargs, timings, tried=tried)
         if spec is not None:
             return spec, True
         if self._store is None:
@@ -262,12 +270,11 @@ class CompiledModule:
             return self._compile(key, fingerprint, args, kwargs, timings), False
         try:
             timings["lock_wait"] = time.perf_counter() - start
-            # Another process may have published while this one waited: load theirs. (If artifacts were there
-            # and none fitted, they are not read and unpickled a second time: this process builds its variant.)
-            if not found:
-                spec, _ = self._try_load(key, fingerprint, args, kwargs, timings)
-                if spec is not None:
-                    return spec, True
+            # Another process may have published while this one waited (the key, or the variant this process
+            # needs): load theirs. What was read before the wait is not read and unpickled a second time.
+            spec, _ = self._try_load(key, fingerprint, args, kwargs, timings, tried=tried)
+            if spec is not None:
+                return spec, True
             return self._compile(key, fingerprint, args, kwargs, timings), False
         finally:
             try:
