@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -173,6 +174,19 @@ def test_verify_all_ok(built: Built) -> None:
     assert report["signature_checked"] is False
     assert sorted(r["status"] for r in report["results"]) == ["ok", "ok"]
     assert cli("verify", built.function["key"], "--cache", str(built.cache)).rc == 0
+
+
+def test_verify_accepts_a_variant_stored_under_its_own_digest(built: Built, tmp_path: Path) -> None:
+    cache = built.copy(tmp_path)
+    key = built.model["key"]
+    data = built.path(key, cache).read_bytes()
+    variant = f"{key}.{hashlib.sha256(data).hexdigest()[:16]}"
+    built.path(variant, cache).write_bytes(data)
+    built.path(f"{key}.{'0' * 16}", cache).write_bytes(data)  # a variant name that is not this artifact's digest
+    report = cli("verify", "--cache", str(cache), "--json").json()
+    status = {Path(r["artifact"]).name.removesuffix(".tkln").split(" ")[-1]: r["status"] for r in report["results"]}
+    assert status[variant] == "ok"
+    assert status[f"{key}.{'0' * 16}"] == "mismatch"
 
 
 def test_verify_finds_a_flipped_byte_a_moved_file_and_a_missing_key(built: Built, tmp_path: Path) -> None:

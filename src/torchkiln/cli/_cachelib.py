@@ -7,6 +7,7 @@ records a use for LRU eviction and looking at an artifact (``ls``, ``inspect``, 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import re
@@ -23,6 +24,7 @@ from torchkiln.errors import (
     UntrustedArtifactError,
 )
 from torchkiln.store import ARTIFACT_SUFFIX, LocalStore, Store, check_key
+from torchkiln.store.base import is_variant_of, variant_key
 
 if TYPE_CHECKING:
     from torchkiln.cache_key import CacheKey
@@ -294,7 +296,11 @@ def verify_one(data: bytes | None, key: str | None, where: str, signing_key: byt
         decoded = decode(data, signing_key=signing_key, where=where)
         record["signed"] = decoded.signed
         built_for = CacheKey.from_dict(decoded.header.get("cache_key") or {}).key
-        if key is not None and built_for != key:
+        # A variant is stored under <its key>.<first 16 hex of its own sha256> (store.base.variant_key).
+        variant = is_variant_of(key or "", built_for) and key == variant_key(
+            built_for, hashlib.sha256(data).hexdigest()
+        )
+        if key is not None and built_for != key and not variant:
             # torchkiln.compile refuses such a file (a valid artifact copied under another key): so does verify.
             record.update(status="mismatch", reason=f"stored under {key} but built for {built_for}")
     except ArtifactCorruptError as exc:
