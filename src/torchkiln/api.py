@@ -177,10 +177,10 @@ class CompiledModule:
         for store_key in self._candidates(key.key):
             if store_key in tried:
                 continue
-            tried.add(store_key)
             data = self._read(store_key)
             if data is None:
-                continue
+                continue  # absent (not "tried"): after a lock wait it may be there
+            tried.add(store_key)
             found = True
             timings["store_get"] = timings.get("store_get", 0.0) + time.perf_counter() - start
             try:
