@@ -87,6 +87,10 @@ class _SerializableGuardFilter:
             if entry.guard_type in self.unsupported:
                 reasons.append(f"type {entry.guard_type}")
             reasons += [f"derived {t}" for t in derived if t in self.unsupported]
+            # The one key or attribute a DICT_CONTAINS / NOT_PRESENT_IN_GENERIC_DICT guard checks: Dynamo builds it
+            # as functools.partial(GuardBuilder.X, key=... | attr=...).
+            keywords = getattr(getattr(getattr(entry, "orig_guard", None), "create_fn", None), "keywords", None) or {}
+            member = keywords.get("key", keywords.get("attr"))
             if reasons:
                 self.planner.dropped(
                     entry.name,
@@ -95,6 +99,7 @@ class _SerializableGuardFilter:
                     value=getattr(entry, "value", None),
                     has_value=bool(getattr(entry, "has_value", False)),
                     why=", ".join(reasons),
+                    member=member,
                 )
             else:
                 self.planner.kept(

@@ -195,7 +195,7 @@ class Rechecker:
             except Exception as exc:  # the name does not resolve here: the guard cannot hold
                 reasons.append((record, f"{record.name}: cannot be evaluated here ({type(exc).__name__}: {exc})"))
                 continue
-            found = describe(record.guard_type, value)
+            found = describe(record.guard_type, value, (record.check or {}).get("member"))
             if found != record.check:
                 reasons.append((record, f"{record.name}: {_short(record.check)} at compile, {_short(found)} here"))
         return reasons
@@ -246,6 +246,8 @@ def _keys_of(value: Any) -> Any:
 def _fast_operand(record: GuardRecord, value: Any) -> Any:
     """What the per-call check compares the expression's value with (see ``_fast_term``)."""
     check = record.check or {}
+    if "member" in check:
+        return (check["member"], check["present"])
     if "keys" in check:
         return _keys_of(value)
     if "len" in check:
@@ -255,10 +257,12 @@ def _fast_operand(record: GuardRecord, value: Any) -> Any:
     return value
 
 
-def _fast_term(record: GuardRecord, value: Any, index: int) -> str:
+def _fast_term(record: GuardRecord, value: Any, index: int) -> str:  # noqa: PLR0911 - one return per kind
     """One cheap comparison per re-check: identity for named objects (equality for bound methods, which are new
     objects at each attribute access), equality for constants, the key set, the length, or the type."""
     check, expr, bound = record.check or {}, f"({record.name})", f"___tk_bound[{index}]"
+    if "member" in check:
+        return f"(({bound}[0] in ___tk_keys{expr}) == {bound}[1])"
     if "keys" in check:
         return f"___tk_keys{expr} == {bound}"
     if "len" in check:
@@ -300,11 +304,13 @@ class FatePlanner:
 
     records: list[GuardRecord] = dataclasses.field(default_factory=list)
 
-    def kept(self, name: str, guard_type: str, *, value: Any = None, has_value: bool = False) -> None:
+    def kept(
+        self, name: str, guard_type: str, *, value: Any = None, has_value: bool = False, member: Any = None
+    ) -> None:
         if guard_type in KEYED_STATE:
             self.records.append(GuardRecord(name, guard_type, "keyed", "local", why="kept by torch too"))
             return
-        check = describe(guard_type, value) if has_value and guard_type in VALUE_CAPTURING else None
+        check = describe(guard_type, value, member) if has_value and guard_type in VALUE_CAPTURING else None
         if check is None:
             self.records.append(GuardRecord(name, guard_type, "kept", "local"))
             return
@@ -319,9 +325,19 @@ class FatePlanner:
             )
         )
 
-    def dropped(self, name: str, guard_type: str, *, is_global: bool, value: Any, has_value: bool, why: str) -> None:
+    def dropped(
+        self,
+        name: str,
+        guard_type: str,
+        *,
+        is_global: bool,
+        value: Any,
+        has_value: bool,
+        why: str,
+        member: Any = None,
+    ) -> None:
         scope = "global" if is_global else "local"
-        check = describe(guard_type, value) if has_value else None
+        check = describe(guard_type, value, member) if has_value else None
         if check is None:
             reason = f"{why}; no portable description of its value" if has_value else f"{why}; torch gave no value"
             self.records.append(GuardRecord(name, guard_type, "unfated", scope, why=reason))

@@ -117,7 +117,11 @@ _BY_KEYS = {
 }
 
 
-def describe(guard_type: str, value: Any) -> dict[str, Any] | None:  # noqa: PLR0911 - one return per kind of check
+#: Guards on one key of a dict or one attribute of an object; Dynamo passes it as the builder's keyword argument.
+_BY_MEMBER = {"DICT_CONTAINS", "DICT_NOT_CONTAINS", "NOT_PRESENT_IN_GENERIC_DICT"}
+
+
+def describe(guard_type: str, value: Any, member: Any = None) -> dict[str, Any] | None:  # noqa: PLR0911 - one return per kind of check
     """The portable description a re-check compares, chosen by what the guard checked; None: none exists."""
     if guard_type == "SEQUENCE_LENGTH":
         try:
@@ -127,6 +131,13 @@ def describe(guard_type: str, value: Any) -> dict[str, Any] | None:  # noqa: PLR
     if guard_type == "TYPE_MATCH":
         token = _name_token(type(value))
         return None if token is None else {"type": token}
+    if member is not None and guard_type in _BY_MEMBER and isinstance(member, str | int):
+        # The guard checked one key (``"X" in os.environ``) or one attribute: compare exactly that, not every key
+        # (a process with other environment variables must still hit).
+        mapping = value if isinstance(value, Mapping) else getattr(value, "__dict__", None)
+        if not isinstance(mapping, Mapping):
+            return None
+        return {"member": member, "present": member in mapping}
     if guard_type in _BY_KEYS:
         mapping = value if isinstance(value, Mapping) else getattr(value, "__dict__", None)
         keys = _keys(mapping) if isinstance(mapping, Mapping) else None
