@@ -13,10 +13,8 @@ import hashlib
 import hmac
 import importlib
 import json
-import os
 import struct
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +33,6 @@ from torchkiln.artifact import (
     decode,
     encode,
     peek_header,
-    signing_key_from_env,
 )
 from torchkiln.errors import (
     ArtifactCorruptError,
@@ -446,56 +443,3 @@ def test_errors_copy_and_explain_themselves(error: TorchkilnError) -> None:
 
 
 # --- signing key from the environment -------------------------------------------------------------------
-
-
-def _key_file(tmp_path: Path, content: bytes, mode: int = 0o600) -> str:
-    path = tmp_path / "key"
-    path.write_bytes(content)
-    path.chmod(mode)
-    return str(path)
-
-
-def test_signing_key_from_env_text() -> None:
-    assert signing_key_from_env({}) is None
-    assert signing_key_from_env({"TORCHKILN_SIGNING_KEY": "s3cret é"}) == "s3cret é".encode()
-    # A non-UTF-8 byte in the environment arrives as a lone surrogate and goes back to the original byte.
-    assert signing_key_from_env({"TORCHKILN_SIGNING_KEY": "a\udcff"}) == b"a\xff"
-    assert isinstance(signing_key_from_env(None), (bytes, type(None)))
-
-
-@pytest.mark.parametrize(
-    ("content", "key"), [(b"k1", b"k1"), (b"k1\n", b"k1"), (b"k1\r\n", b"k1"), (b"\0\n\n", b"\0\n")]
-)
-def test_signing_key_from_file(tmp_path: Path, content: bytes, key: bytes) -> None:
-    assert signing_key_from_env({"TORCHKILN_SIGNING_KEY_FILE": _key_file(tmp_path, content)}) == key
-
-
-@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o644])
-def test_signing_key_file_must_be_private(tmp_path: Path, mode: int) -> None:
-    path = _key_file(tmp_path, b"k1", mode)
-    with pytest.raises(TorchkilnError, match="group or others") as info:
-        signing_key_from_env({"TORCHKILN_SIGNING_KEY_FILE": path})
-    assert info.value.fix == f"chmod 600 {path}" and not isinstance(info.value, UntrustedArtifactError)
-
-
-@pytest.mark.parametrize(
-    ("env", "match"),
-    [
-        ({"TORCHKILN_SIGNING_KEY": ""}, "empty"),
-        ({"TORCHKILN_SIGNING_KEY_FILE": ""}, "empty"),
-        ({"TORCHKILN_SIGNING_KEY": "a", "TORCHKILN_SIGNING_KEY_FILE": "/k"}, "both"),
-        ({"TORCHKILN_SIGNING_KEY_FILE": "/nonexistent/torchkiln/key"}, "cannot read"),
-    ],
-)
-def test_signing_key_from_env_refuses(env: dict[str, str], match: str) -> None:
-    with pytest.raises(TorchkilnError, match=match) as info:
-        signing_key_from_env(env)
-    assert info.value.fix
-
-
-def test_signing_key_file_empty_or_not_a_file(tmp_path: Path) -> None:
-    with pytest.raises(TorchkilnError, match="empty"):
-        signing_key_from_env({"TORCHKILN_SIGNING_KEY_FILE": _key_file(tmp_path, b"\n")})
-    with pytest.raises(TorchkilnError):
-        signing_key_from_env({"TORCHKILN_SIGNING_KEY_FILE": str(tmp_path)})

@@ -21,20 +21,14 @@ import hashlib
 import logging
 import os
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from torchkiln import builder, cache_key, compiler, frames, loader, request
+from torchkiln import builder, cache_key, compiler, frames, loader, request, settings, targets
 from torchkiln.compat import check_supported
-from torchkiln.errors import (
-    CompileError,
-    StaleArtifactError,
-    StoreError,
-    TorchkilnError,
-    TorchkilnWarning,
-)
+from torchkiln.errors import CompileError, StaleArtifactError, StoreError, TorchkilnError, warn
 from torchkiln.fingerprint import Fingerprint
+from torchkiln.header import ArtifactHeader
 from torchkiln.request import request_fingerprint, request_key
 from torchkiln.store import Store, open_store
 from torchkiln.store.base import variant_key
@@ -43,30 +37,12 @@ __all__ = ["CompiledModule", "compile", "request_fingerprint", "request_key"]
 
 log = logging.getLogger("torchkiln")
 
-#: Seconds a process waits for another process compiling the same key before it compiles itself.
-DEFAULT_LOCK_TIMEOUT = 900.0
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _configure_logging() -> None:
-    level = os.environ.get("TORCHKILN_LOG", "").strip().upper()
-    if level and not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[torchkiln %(levelname)s] %(name)s: %(message)s"))
-        log.addHandler(handler)
-        # logging.getLevelName maps a known name to its number (getLevelNamesMapping is Python >= 3.11 only).
-        known = logging.getLevelName(level)
-        log.setLevel(known if isinstance(known, int) else logging.DEBUG)
-
 
 @dataclasses.dataclass
 class _Specialization:
     key: str
     function: compiler.LoadedFunction
-    header: dict[str, Any]
+    header: ArtifactHeader | None  # None: compiled here but not saveable
     artifact_bytes: int
 
 
@@ -84,6 +60,7 @@ class CompiledModule:
         backend: str,
         options: Mapping[str, Any],
         strict: bool,
+        config: settings.Settings,
     ) -> None:
         self.target = target
         self._is_module = is_module
@@ -93,12 +70,13 @@ class CompiledModule:
         self._backend = backend
         self._options = dict(options)
         self.strict = strict
+        self._settings = config
         self._specializations: list[_Specialization] = []
         self.key = ""
         self.hit = False
         self.timings: dict[str, float] = {}
         self.artifact_bytes = 0
-        self.header: dict[str, Any] = {}
+        self.header: ArtifactHeader | None = None
 
     # -- calling ------------------------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -144,7 +122,7 @@ class CompiledModule:
         """A reason to miss: raise it when strict, else warn and carry on (``then`` says how)."""
         if self.strict:
             raise error
-        warnings.warn(f"torchkiln: {what}; {then}. {error}", TorchkilnWarning, stacklevel=4)
+        warn(f"torchkiln: {what}; {then}. {error}")
 
     def _try_load(
         self,
@@ -243,6 +221,7 @@ class CompiledModule:
             is_module=self._is_module,
             call=call,
             timings=timings,
+            signing_key=self._settings.signing_key,
         )
         return _Specialization(store_key, function, header, len(data))
 
@@ -260,7 +239,7 @@ class CompiledModule:
             return spec, True
         if self._store is None:
             return self._compile(key, fingerprint, args, kwargs, timings), False
-        timeout = float(os.environ.get("TORCHKILN_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+        timeout = self._settings.lock_timeout
         start = time.perf_counter()
         lock = contextlib.ExitStack()
         try:
@@ -301,6 +280,7 @@ class CompiledModule:
             backend=self._backend,
             options=self._options,
             timings=timings,
+            signing_key=self._settings.signing_key,
         )
         if built.problem is not None:
             # Compiled but not saveable, or not loadable: it still runs compiled here, and nothing is published.
@@ -347,11 +327,14 @@ def compile(
     ``example_inputs`` is the tuple of positional arguments (a single tensor is accepted too). ``cache`` is a path
     or URL (``/dir``, ``file://``, ``s3://bucket/prefix``, ``memory://``), else ``$TORCHKILN_CACHE``, else the
     user cache dir. ``strict`` (or ``TORCHKILN_STRICT=1``) raises instead of falling back to a compile.
+
+    Every setting is checked before any work: a bad ``TORCHKILN_*`` variable or cache URL is a ``ConfigError``.
     """
-    _configure_logging()
+    config = settings.current()
+    settings.configure_logging(config.log_level)
     check_supported()
-    strict = strict or _env_flag("TORCHKILN_STRICT")
-    is_module = compiler.validate_target(target)
+    strict = strict or config.strict
+    is_module = targets.validate(target)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     kwargs = dict(example_kwargs or {})
     if not isinstance(backend, str):
@@ -365,11 +348,11 @@ def compile(
         store = cache
     else:
         try:
-            store = open_store(cache)
+            store = open_store(config.cache if cache is None else cache)
         except StoreError as exc:
             if strict:
                 raise
-            warnings.warn(f"torchkiln: cache unavailable, compiling without it: {exc}", TorchkilnWarning, stacklevel=2)
+            warn(f"torchkiln: cache unavailable, compiling without it: {exc}")
             store = None
     module = CompiledModule(
         target,
@@ -380,6 +363,7 @@ def compile(
         backend=backend,
         options=options or {},
         strict=strict,
+        config=config,
     )
     module._resolve(args, kwargs)
     return module

@@ -12,9 +12,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
 import re
-import stat
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -23,9 +21,10 @@ from torchkiln.errors import (
     ArtifactCorruptError,
     ArtifactEncodeError,
     IncompatibleArtifactError,
-    TorchkilnError,
     UntrustedArtifactError,
 )
+from torchkiln.layout import FORMAT_VERSION
+from torchkiln.settings import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE
 
 __all__ = [
     "MAGIC",
@@ -38,12 +37,12 @@ __all__ = [
     "ArtifactEncodeError",
     "encode",
     "decode",
+    "Peek",
+    "peek",
     "peek_header",
-    "signing_key_from_env",
 ]
 
 MAGIC = b"TKLN"
-FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_SECTION_BYTES = 4 * 1024 * 1024 * 1024
 PREAMBLE_BYTES = 44  # magic, version, flags, header length (12 bytes) + header_sha256 (32 bytes)
@@ -57,8 +56,6 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _RESERVED_KEYS = ("format_version", "sections")
 _ENTRY_KEYS = frozenset({"name", "offset", "length", "sha256"})
 
-ENV_SIGNING_KEY = "TORCHKILN_SIGNING_KEY"
-ENV_SIGNING_KEY_FILE = "TORCHKILN_SIGNING_KEY_FILE"
 
 _FIX_CORRUPT = (
     "delete it (torchkiln rm KEY) and let torchkiln compile it again; "
@@ -211,6 +208,27 @@ def decode(data: bytes, *, signing_key: bytes | None = None, where: str = "<byte
     return Artifact(header=header, sections=sections, signed=layout.signed)
 
 
+@dataclasses.dataclass(frozen=True)
+class Peek:
+    """What ``peek`` reads without hashing the sections: the codec's own fields and the opaque header."""
+
+    format_version: int
+    sections: tuple[tuple[str, int, str], ...]  # name, length, sha256 hex
+    signed: bool
+    header: dict[str, Any]  # the caller's keys (reserved keys removed)
+
+
+def peek(data: bytes, *, where: str = "<bytes>") -> Peek:
+    """``peek_header``, split into the codec's reserved fields and the caller's header."""
+    layout = _read_header(memoryview(data).cast("B"), where)
+    return Peek(
+        format_version=int(layout.header["format_version"]),
+        sections=tuple((name, length, sha256) for name, _, length, sha256 in layout.entries),
+        signed=layout.signed,
+        header={key: value for key, value in layout.header.items() if key not in _RESERVED_KEYS},
+    )
+
+
 def peek_header(data: bytes, *, where: str = "<bytes>") -> dict[str, Any]:
     """Return the whole JSON header (reserved keys included) after steps 1-5 of docs/FORMAT.md section 5.
 
@@ -219,65 +237,6 @@ def peek_header(data: bytes, *, where: str = "<bytes>") -> dict[str, Any]:
     unpickle anything.
     """
     return _read_header(memoryview(data).cast("B"), where).header
-
-
-def signing_key_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
-    """The HMAC key from ``TORCHKILN_SIGNING_KEY`` (UTF-8 text) or ``TORCHKILN_SIGNING_KEY_FILE`` (a path).
-
-    None when neither is set. The key file must not be readable or writable by group or others (POSIX), and
-    one trailing newline (``\\n`` or ``\\r\\n``) is removed from it so ``echo secret > key`` works. Setting
-    both variables, or either to an empty value, is an error rather than "no key": a CI secret that expands
-    to nothing must not silently turn signature checks off.
-    """
-    env = os.environ if environ is None else environ
-    text = env.get(ENV_SIGNING_KEY)
-    path = env.get(ENV_SIGNING_KEY_FILE)
-    if text is not None and path is not None:
-        raise TorchkilnError(
-            f"both {ENV_SIGNING_KEY} and {ENV_SIGNING_KEY_FILE} are set",
-            where="environment",
-            fix="unset one of them",
-        )
-    if text is not None:
-        if not text:
-            raise TorchkilnError(
-                f"{ENV_SIGNING_KEY} is set but empty",
-                where=ENV_SIGNING_KEY,
-                fix="set it to the fleet's secret key (32+ random bytes), or unset it to accept unsigned artifacts",
-            )
-        # os.environ carries undecodable bytes as lone surrogates; surrogateescape gives the bytes back.
-        return text.encode("utf-8", "surrogateescape")
-    if path is not None:
-        return _read_key_file(path)
-    return None
-
-
-def _read_key_file(path: str) -> bytes:
-    fix_read = f"point {ENV_SIGNING_KEY_FILE} at a readable file that holds the key"
-    if not path:
-        raise TorchkilnError(f"{ENV_SIGNING_KEY_FILE} is set but empty", where=ENV_SIGNING_KEY_FILE, fix=fix_read)
-    try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise TorchkilnError("signing key file is not a regular file", where=path, fix=fix_read)
-            # The check is made on the opened file (fstat), so the file that is read is the one checked.
-            if os.name == "posix" and stat.S_IMODE(mode) & 0o077:
-                raise TorchkilnError(
-                    f"signing key file is accessible to group or others (mode {stat.S_IMODE(mode):o})",
-                    where=path,
-                    fix=f"chmod 600 {path}",
-                )
-            key = handle.read()
-    except OSError as exc:
-        raise TorchkilnError(
-            f"cannot read the signing key file: {exc.strerror or exc}", where=path, fix=fix_read
-        ) from exc
-    if key.endswith(b"\n"):
-        key = key[:-2] if key.endswith(b"\r\n") else key[:-1]
-    if not key:
-        raise TorchkilnError("signing key file is empty", where=path, fix=fix_read)
-    return key
 
 
 def _corrupt(what: str, where: str) -> ArtifactCorruptError:

@@ -15,10 +15,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import artifact, cache_key, compiler, frames, kernels
+from torchkiln import artifact, cache_key, compiler, frames, kernels, targets
 from torchkiln._version import __version__
 from torchkiln.errors import CompileError
 from torchkiln.fingerprint import Fingerprint
+from torchkiln.header import ArtifactHeader
 from torchkiln.hints import hint_for
 
 __all__ = ["Built", "build"]
@@ -31,15 +32,10 @@ class Built:
     """A compile's outcome: ``function`` always runs; ``data`` is the artifact to publish, unless ``problem``."""
 
     function: compiler.LoadedFunction
-    header: dict[str, Any]
+    header: ArtifactHeader | None  # None when nothing could be saved
     data: bytes | None
     problem: CompileError | None = None
     problem_summary: str = ""
-
-
-def qualname_of(target: Any, is_module: bool) -> str:
-    obj = type(target) if is_module else target
-    return f"{obj.__module__}.{obj.__qualname__}"
 
 
 def build(
@@ -54,6 +50,7 @@ def build(
     backend: str,
     options: Mapping[str, Any],
     timings: dict[str, float],
+    signing_key: bytes | None,
 ) -> Built:
     """Compile ``target`` for these inputs (``CompileError`` when torch cannot) and encode what may be published."""
     start = time.perf_counter()
@@ -87,26 +84,26 @@ def build(
             where=key.key,
             fix=hint_for(result.save_error or ""),
         )
-        return Built(function, {}, None, problem, "the artifact cannot be saved")
+        return Built(function, None, None, problem, "the artifact cannot be saved")
     start = time.perf_counter()
-    header = {
-        "torchkiln_version": __version__,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "target": qualname_of(target, is_module),
-        "is_module": is_module,
-        "device_type": result.device_type,
-        "cache_key": key.to_dict(),
-        "fingerprint": fingerprint.to_dict(),
-        "fixes_applied": result.fixes_applied,
-        "guards": result.guards,
-        "guard_globals": result.guard_globals,
-        "inlined_sources": result.inlined_sources,
-        "compile_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-    }
+    header = ArtifactHeader(
+        torchkiln_version=__version__,
+        created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        target=targets.qualname(type(target) if is_module else target),
+        is_module=is_module,
+        device_type=result.device_type,
+        cache_key=key,
+        fingerprint=fingerprint,
+        fixes_applied=tuple(result.fixes_applied),
+        guards=tuple(result.guards),
+        guard_globals=result.guard_globals,
+        inlined_sources=tuple(result.inlined_sources),
+        compile_seconds={k: round(v, 3) for k, v in result.seconds.items()},
+    )
     data = artifact.encode(
-        header,
+        header.to_dict(),
         {"payload": result.payload, "kernels": kernels.bundle(recording)},
-        signing_key=artifact.signing_key_from_env(),
+        signing_key=signing_key,
     )
     timings["encode"] = time.perf_counter() - start
     start = time.perf_counter()

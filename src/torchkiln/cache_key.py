@@ -27,11 +27,10 @@ from torchkiln.describe import (
     describe_inputs,
     describe_structure,
     describe_target,
-    is_function,
-    qualname,
     value_json,
 )
-from torchkiln.errors import ArtifactCorruptError, InvalidTargetError
+from torchkiln.errors import ArtifactCorruptError
+from torchkiln.targets import validate
 
 if TYPE_CHECKING:
     from torchkiln.fingerprint import Fingerprint
@@ -217,19 +216,11 @@ def build(
 
     ``options`` are the compile options as the caller passes them to torch (backend, mode, inductor
     options); ``environ`` defaults to ``os.environ`` (a parameter so tests need not mutate the process).
-    Raises ``InvalidTargetError`` when ``target`` is neither an ``nn.Module`` nor a function.
+    Raises ``InvalidTargetError`` for what ``torchkiln.compile`` cannot compile (targets.validate).
     """
     import os
 
-    import torch
-
-    if not isinstance(target, torch.nn.Module) and not is_function(target):
-        raise InvalidTargetError(
-            f"cannot compile a {qualname(type(target))}: the target must be an nn.Module or a function",
-            where=repr(target)[:80],
-            fix="pass the model (an nn.Module instance) or a Python function (def or lambda, a bound "
-            "method, or a functools.partial of one); wrap anything else in a def",
-        )
+    validate(target)
     describers: list[tuple[str, Callable[[], Any]]] = [
         ("format", lambda: fingerprint.format_version),
         ("target", lambda: describe_target(target)),

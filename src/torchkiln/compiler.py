@@ -30,7 +30,7 @@ from typing import Any
 
 from torchkiln import _entry, compat, guard_fates, inductor_cache
 from torchkiln.compat import float_specialization
-from torchkiln.errors import CompileError, InvalidTargetError
+from torchkiln.errors import CompileError
 from torchkiln.frames import call_args, loader_globals, portable_globals
 from torchkiln.hints import hint_for
 from torchkiln.loaded_function import LoadedFunction
@@ -43,31 +43,9 @@ __all__ = [
     "compile_target",
     "exception_reason",
     "load",
-    "validate_target",
 ]
 
 log = logging.getLogger("torchkiln.compiler")
-
-
-def validate_target(target: object) -> bool:
-    """True for an nn.Module, False for a plain function; ``InvalidTargetError`` for anything else."""
-    import torch
-
-    if isinstance(target, torch.nn.Module):
-        return True
-    if callable(target) and hasattr(target, "__code__") and hasattr(target, "__globals__"):
-        if "<locals>" in getattr(target, "__qualname__", "") or getattr(target, "__name__", "") == "<lambda>":
-            raise InvalidTargetError(
-                f"cannot compile {target!r}: a lambda or nested function cannot be reloaded in another process",
-                where=getattr(target, "__qualname__", repr(target)),
-                fix="define the function at module level (or wrap the computation in an nn.Module)",
-            )
-        return False
-    raise InvalidTargetError(
-        f"torchkiln.compile needs an nn.Module or a Python function, got {type(target).__qualname__}",
-        where=repr(target)[:80],
-        fix="pass the model (an nn.Module) or a module-level function; for a bound method pass the module itself",
-    )
 
 
 @dataclasses.dataclass
@@ -306,13 +284,13 @@ def load(
     *,
     is_module: bool,
     target: Any,
-    guards: Sequence[Mapping[str, Any]] = (),
-    guard_globals: Mapping[str, str] | None = None,
+    rechecker: guard_fates.Rechecker | None = None,
     device_type: str | None = None,
 ) -> LoadedFunction:
     """Deserialize verified bytes into a callable (the bytes must come from artifact.decode).
 
-    ``guards``/``guard_globals`` are the header's: their re-checks run at each call of the returned function.
+    ``rechecker`` holds the header's re-checks (loader.check_header parsed them): they run at each call of the
+    returned function.
     """
     import torch.compiler
 
@@ -325,7 +303,7 @@ def load(
         function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
     # The re-checks on module globals ran before anything was unpickled (loader.check_header); all of them run
     # again at each call of the returned function (LoadedFunction.guard_check).
-    return LoadedFunction(function, loaded=True, rechecker=guard_fates.Rechecker.of(guards, guard_globals))
+    return LoadedFunction(function, loaded=True, rechecker=rechecker or guard_fates.Rechecker(()))
 
 
 def check_loadable(payload: bytes, *, is_module: bool, target: Any) -> str | None:

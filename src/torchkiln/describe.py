@@ -17,32 +17,27 @@ import json
 import math
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+
+from torchkiln import digests
+from torchkiln.targets import qualname, unwrap
 
 __all__ = [
     "canonical_json",
     "describe_inputs",
     "describe_structure",
     "describe_target",
-    "is_function",
-    "qualname",
     "value_json",
 ]
 
 _CONFIG_VOLATILE = frozenset({"_name_or_path", "name_or_path", "transformers_version", "_commit_hash"})
 _ATTR_SKIPPED = frozenset({"training", "name_or_path", "_name_or_path"})  # training: recorded on its own
 _MAX_DEPTH = 8
-_source_cache: dict[str, tuple[int, int, str]] = {}
 
 
 def canonical_json(value: Any) -> str:
     """The one serialization that is hashed: sorted keys, no whitespace, ASCII, no NaN tokens."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def qualname(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', None) or '?'}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
 
 def _tensor(t: Any, *, dynamic: bool) -> dict[str, Any]:
@@ -116,34 +111,10 @@ def value_json(v: Any, depth: int = 0, *, dynamic: bool = False) -> Any:  # noqa
 
 
 def _source_digest(module_name: str) -> str:
-    """sha256 of a module's source file, cached per path, mtime and size (reading bytes is cheap)."""
-
+    """sha256 of a module's source file ("no source file" for a notebook cell, exec() or a builtin module)."""
     path = getattr(sys.modules.get(module_name), "__file__", None)
-    if not path:
-        return "no source file"
-    try:
-        st = Path(path).stat()
-    except OSError:
-        return "no source file"
-    cached = _source_cache.get(path)
-    if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
-        return cached[2]
-    with open(path, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()
-    _source_cache[path] = (st.st_mtime_ns, st.st_size, digest)
-    return digest
-
-
-def _code_digest(code: Any) -> str:
-    """For a function without a source file (REPL, exec): hash its code; sets sorted (marshal is not)."""
-    hasher = hashlib.sha256(code.co_code)
-    hasher.update(canonical_json([list(code.co_names), list(code.co_varnames)]).encode())
-    for const in code.co_consts:
-        if hasattr(const, "co_code"):
-            hasher.update(_code_digest(const).encode())
-        else:
-            hasher.update(canonical_json(value_json(const)).encode())
-    return hasher.hexdigest()
+    digest = digests.file_digest(path) if path else None
+    return digest or "no source file"
 
 
 def _is_third_party(module_name: str) -> bool:
@@ -152,14 +123,6 @@ def _is_third_party(module_name: str) -> bool:
     # torch's own files are covered by torch's version and git commit in the fingerprint; the stdlib's by
     # the Python version.
     return top != "torch" and top not in sys.stdlib_module_names and top != "builtins"
-
-
-def _unwrap(target: Any) -> Any:
-    """The plain function behind a bound method or ``functools.partial`` target."""
-
-    while isinstance(target, functools.partial):
-        target = target.func
-    return target.__func__ if inspect.ismethod(target) else target
 
 
 def _modules_of(target: Any) -> dict[str, Any]:
@@ -174,11 +137,9 @@ def _modules_of(target: Any) -> dict[str, Any]:
     if isinstance(target, torch.nn.Module):
         return {"": target}
     found: dict[str, Any] = {}
-    while isinstance(target, functools.partial):
-        target = target.func
     if inspect.ismethod(target) and isinstance(target.__self__, torch.nn.Module):
         found["self"] = target.__self__
-    fn = _unwrap(target)
+    fn = unwrap(target)
     code, cells = fn.__code__, fn.__closure__ or ()
     for name in code.co_names:
         value = fn.__globals__.get(name)
@@ -200,7 +161,7 @@ def describe_target(target: Any) -> dict[str, Any]:
     if isinstance(target, torch.nn.Module):
         desc: dict[str, Any] = {"kind": "module", "qualname": qualname(type(target))}
     else:
-        fn = _unwrap(target)
+        fn = unwrap(target)
         desc = {"kind": "function", "qualname": qualname(fn)}
         names.add(fn.__module__)
     for module in _modules_of(target).values():
@@ -212,7 +173,7 @@ def describe_target(target: Any) -> dict[str, Any]:
     # so that editing a cell and running it again is a miss, not a stale hit.
     code = {qualname(cls): _code_digest_all(cls) for cls in sorted(classes, key=qualname) if cls.__module__ in fileless}
     if desc["kind"] == "function" and fn.__module__ in fileless:
-        code[qualname(fn)] = _code_digest(fn.__code__)
+        code[qualname(fn)] = digests.code_digest(fn.__code__)
     if code:
         desc["code"] = code
     return desc
@@ -223,7 +184,7 @@ def _code_digest_all(cls: type) -> str:
     for name, attr in sorted(vars(cls).items()):
         func = getattr(attr, "__func__", attr)  # staticmethod / classmethod
         if hasattr(func, "__code__"):
-            hasher.update(f"{name}:{_code_digest(func.__code__)};".encode())
+            hasher.update(f"{name}:{digests.code_digest(func.__code__)};".encode())
     return hasher.hexdigest()
 
 
@@ -289,8 +250,3 @@ def describe_inputs(args: tuple[Any, ...], kwargs: Mapping[str, Any], *, dynamic
         "args": [value_json(a, dynamic=dynamic) for a in args],
         "kwargs": {str(k): value_json(v, dynamic=dynamic) for k, v in sorted(kwargs.items())},
     }
-
-
-def is_function(target: Any) -> bool:
-
-    return inspect.isfunction(_unwrap(target))

@@ -7,6 +7,10 @@ Fields are attributes, ``__str__`` says what failed, where, and how to fix it, a
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -21,7 +25,10 @@ __all__ = [
     "InvalidTargetError",
     "CompileError",
     "ArtifactEncodeError",
+    "ConfigError",
     "TorchkilnWarning",
+    "RemoteCacheWarning",
+    "warn",
 ]
 
 
@@ -96,5 +103,37 @@ class ArtifactEncodeError(TorchkilnError, ValueError):
     """``encode`` was given a header or sections that the format cannot hold; nothing was written."""
 
 
+class ConfigError(TorchkilnError, ValueError):
+    """A setting (a ``TORCHKILN_*`` variable, a compile argument, a CLI option) is invalid; nothing was done.
+
+    The CLI exits 2 (usage error) on it.
+    """
+
+
 class TorchkilnWarning(UserWarning):
     """A fallback happened (a cache miss for a reason, an unwritable cache); the model still runs compiled."""
+
+
+class RemoteCacheWarning(TorchkilnWarning, RuntimeWarning):
+    """The remote tier of a tiered cache failed (timeout, network, permissions); the local tier carries on alone."""
+
+
+_PACKAGE_DIR = str(Path(__file__).parent) + os.sep  # co_filename is not resolved either
+#: Frames between the user's call and torchkiln that a warning must not point at: nn.Module.__call__ dispatch.
+_DISPATCH_FILES = (str(Path("torch", "nn", "modules", "module.py")),)
+
+
+def warn(message: str, category: type[Warning] = TorchkilnWarning) -> None:
+    """``warnings.warn`` attributed to the user's line: the first frame outside torchkiln (and torch's
+    ``nn.Module`` call dispatch), not a line inside torchkiln (``api.py:167``) that the user cannot act on.
+
+    Python 3.12's ``skip_file_prefixes`` does this; 3.11 needs the walk.
+    """
+    level = 1
+    frame = sys._getframe(0)  # this function: stacklevel 1
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE_DIR) or frame.f_code.co_filename.endswith(_DISPATCH_FILES)
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

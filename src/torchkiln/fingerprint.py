@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from torchkiln.errors import IncompatibleArtifactError
+from torchkiln.layout import FORMAT_VERSION
 
-__all__ = ["DEFAULT_FORMAT_VERSION", "GPU_DEVICE_TYPES", "Fingerprint", "missing_cpu_isa"]
-
-#: The format version assumed for a fingerprint dict that does not carry one (there is only v1 so far).
-DEFAULT_FORMAT_VERSION = 1
+__all__ = ["GPU_DEVICE_TYPES", "Fingerprint", "missing_cpu_isa"]
 
 #: Device types whose kernels are Triton/toolkit builds tied to the GPU model and toolkit (torch's own
 #: ``SystemInfo.check_compatibility`` compares the same things for these).
@@ -75,13 +73,6 @@ def _triton_version() -> str | None:
     return None
 
 
-def _format_version() -> int:
-    # artifact.py owns the byte format (and imports neither torch nor this module).
-    from torchkiln.artifact import FORMAT_VERSION
-
-    return FORMAT_VERSION
-
-
 @dataclasses.dataclass(frozen=True)
 class Fingerprint:
     """What an artifact was built for. Every field is JSON-able; ``to_dict``/``from_dict`` round-trip it."""
@@ -99,7 +90,7 @@ class Fingerprint:
     cpu_isa: tuple[str, ...] | None  # CPU targets only: ISA extensions, because kernels use -march=native
     machine: str  # platform.machine(): "x86_64", "aarch64"
     system: str  # platform.system(): "Linux", "Darwin"
-    format_version: int = DEFAULT_FORMAT_VERSION
+    format_version: int = FORMAT_VERSION
     #: Keys a newer writer added; kept so that re-encoding a header loses nothing, never compared.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -153,6 +144,7 @@ class Fingerprint:
         """
         out = self.to_dict()
         out.pop("cpu_isa", None)
+        out.pop("format_version", None)  # the key's own "format" part carries it (one place, not two)
         return out
 
     def incompatibilities(self, other: Fingerprint) -> list[str]:
@@ -252,5 +244,5 @@ def _current(device_type: str) -> Fingerprint:
         cpu_isa=cpu_isa_extensions() if device_type == "cpu" else None,
         machine=platform.machine(),
         system=platform.system(),
-        format_version=_format_version(),
+        format_version=FORMAT_VERSION,
     )

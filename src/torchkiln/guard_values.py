@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import builtins
 import enum
-import hashlib
 import importlib
 import math
 import re
 import types
 from collections.abc import Mapping
 from typing import Any
+
+from torchkiln import digests
+from torchkiln.targets import qualname
 
 __all__ = ["ROOT_RE", "describe", "resolve_root", "root_token"]
 
@@ -28,20 +30,7 @@ _MAX_KEYS = 512
 
 # -- portable descriptions --------------------------------------------------------------------------------------
 def _code_digest(code: types.CodeType) -> str:
-    """Bytecode, names and constants; not the file path or line numbers (a moved checkout is the same code)."""
-    hasher = hashlib.sha256()
-
-    def feed(c: types.CodeType) -> None:
-        hasher.update(c.co_code)
-        hasher.update(repr((c.co_names, c.co_varnames, c.co_freevars, c.co_cellvars, c.co_argcount)).encode())
-        for const in c.co_consts:
-            if isinstance(const, types.CodeType):
-                feed(const)
-            else:
-                hasher.update(repr(const).encode())
-
-    feed(code)
-    return hasher.hexdigest()[:16]
+    return digests.code_digest(code)[:16]  # 64 bits tell two versions of one function apart; headers stay small
 
 
 def _name_token(value: Any) -> str | None:  # noqa: PLR0911 - one early return per kind of object reads clearest
@@ -49,11 +38,11 @@ def _name_token(value: Any) -> str | None:  # noqa: PLR0911 - one early return p
     if isinstance(value, types.ModuleType):
         return f"module {value.__name__}"
     if isinstance(value, type):
-        return f"class {value.__module__}.{value.__qualname__}"
+        return f"class {qualname(value)}"
     if isinstance(value, enum.Enum):
         return f"enum {type(value).__module__}.{type(value).__qualname__}.{value.name}"
     if isinstance(value, types.FunctionType):
-        return f"function {value.__module__}.{value.__qualname__} {_code_digest(value.__code__)}"
+        return f"function {qualname(value)} {_code_digest(value.__code__)}"
     if isinstance(value, types.CodeType):
         return f"code {getattr(value, 'co_qualname', value.co_name)} {_code_digest(value)}"
     if isinstance(value, types.MethodType):

@@ -16,9 +16,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import artifact, cache_key, compiler, frames, guard_fates, kernels, sources
+from torchkiln import artifact, compiler, frames, guard_fates, kernels, sources
 from torchkiln.errors import IncompatibleArtifactError, StaleArtifactError, TorchkilnError
 from torchkiln.fingerprint import Fingerprint
+from torchkiln.header import ArtifactHeader
 
 __all__ = ["check_header", "load"]
 
@@ -26,7 +27,7 @@ log = logging.getLogger("torchkiln")
 
 
 def check_header(
-    header: Mapping[str, Any],
+    header: ArtifactHeader,
     *,
     key: str,
     store_key: str,
@@ -34,20 +35,20 @@ def check_header(
     target: Any,
     is_module: bool,
     call: tuple[Sequence[Any], Mapping[str, Any]] | None = None,
-) -> None:
+) -> guard_fates.Rechecker:
     """Raise ``StaleArtifactError`` (another variant) or ``IncompatibleArtifactError`` unless the header fits.
 
     With ``call`` (the positional and keyword inputs), the re-checks on the call's arguments are evaluated too, on
-    the frame locals the compiled entry would see; without it only those on module globals are.
+    the frame locals the compiled entry would see; without it only those on module globals are. Returns the
+    header's re-checks, parsed once: the loaded function runs them at each call.
     """
-    stored = cache_key.CacheKey.from_dict(header.get("cache_key") or {})
-    if stored.key != key:
+    if header.key != key:
         raise IncompatibleArtifactError(
-            f"the artifact stored under {store_key} was built for {stored.key}",
+            f"the artifact stored under {store_key} was built for {header.key}",
             where=store_key,
             fix="delete it with `torchkiln rm KEY`; `torchkiln explain` shows what differs",
         )
-    built_for = Fingerprint.from_dict(header.get("fingerprint") or {})
+    built_for = header.fingerprint
     if fingerprint.key_fields() == built_for.key_fields() and fingerprint.incompatibilities(built_for):
         # Only the CPU extension list can differ under one key (fingerprint.key_fields): another CPU's variant.
         raise StaleArtifactError(
@@ -56,14 +57,14 @@ def check_header(
             fix="nothing to do: torchkiln looks for the variant built for this CPU, or compiles it",
         )
     fingerprint.check_compatible(built_for, where=store_key)
-    changed = sources.inlined_sources_changed(header.get("inlined_sources") or [])
+    changed = sources.inlined_sources_changed(header.inlined_sources)
     if changed:
         raise StaleArtifactError(
             f"source changed since the artifact was built: {', '.join(changed[:5])}",
             where=store_key,
             fix="nothing to do: torchkiln looks for the variant built from these sources, or compiles it",
         )
-    rechecker = guard_fates.Rechecker.of(header.get("guards") or [], header.get("guard_globals") or {})
+    rechecker = guard_fates.Rechecker.of(header.guards, header.guard_globals)
     f_locals = None if call is None else frames.frame_locals(target, is_module, *call)
     scope = "global" if f_locals is None else None
     mismatches = rechecker.mismatches(frames.portable_globals(target, is_module), f_locals, scope=scope)
@@ -73,6 +74,7 @@ def check_header(
             where=store_key,
             fix="nothing to do: torchkiln looks for the variant built for these values, or compiles it",
         )
+    return rechecker
 
 
 def load(
@@ -85,16 +87,17 @@ def load(
     is_module: bool,
     call: tuple[Sequence[Any], Mapping[str, Any]] | None,
     timings: dict[str, float],
-) -> tuple[compiler.LoadedFunction, dict[str, Any]]:
+    signing_key: bytes | None,
+) -> tuple[compiler.LoadedFunction, ArtifactHeader]:
     """Stored bytes -> (callable, header): verify (before any unpickling), check the fit, restore the kernels, load.
 
     Raises the typed errors only (corrupt, untrusted, incompatible, stale = another variant); never warns: the
     caller (api.py) owns the warn-or-raise policy.
     """
     start = time.perf_counter()
-    decoded = artifact.decode(data, signing_key=artifact.signing_key_from_env(), where=store_key)
-    header = decoded.header
-    check_header(
+    decoded = artifact.decode(data, signing_key=signing_key, where=store_key)
+    header = ArtifactHeader.from_dict(decoded.header, where=store_key)
+    rechecker = check_header(
         header,
         key=key,
         store_key=store_key,
@@ -120,9 +123,8 @@ def load(
                 decoded.sections["payload"],
                 is_module=is_module,
                 target=target,
-                guards=header.get("guards") or [],
-                guard_globals=header.get("guard_globals") or {},
-                device_type=header.get("device_type"),
+                rechecker=rechecker,
+                device_type=header.device_type,
             )
     except StaleArtifactError as exc:
         exc.where = store_key

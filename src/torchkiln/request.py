@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import cache_key, compiler
+from torchkiln import cache_key, targets
 from torchkiln.fingerprint import Fingerprint
 
 __all__ = ["request_fingerprint", "request_key", "request_key_and_fingerprint"]
@@ -62,7 +62,7 @@ def request_key(
     options: Mapping[str, Any] | None = None,
 ) -> cache_key.CacheKey:
     """The key ``torchkiln.compile`` looks up for these arguments (for ``torchkiln explain`` and tools)."""
-    is_module = compiler.validate_target(target)
+    is_module = targets.validate(target)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     key, _ = request_key_and_fingerprint(
         target,
@@ -81,6 +81,6 @@ def request_fingerprint(
     target: Any, example_inputs: Any, example_kwargs: Mapping[str, Any] | None = None
 ) -> Fingerprint:
     """The fingerprint ``torchkiln.compile`` checks artifacts against for these arguments (for ``explain``)."""
-    is_module = compiler.validate_target(target)
+    is_module = targets.validate(target)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     return Fingerprint.current(_device_type(target, is_module, args, dict(example_kwargs or {})))

@@ -6,12 +6,13 @@ torchkiln are not checked: the fingerprint pins their exact build.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from torchkiln import digests
 
 __all__ = ["describe_inlined_sources", "inlined_sources_changed"]
 
@@ -38,9 +39,7 @@ def _source_lines_digest(module_name: str, first: int, last: int) -> tuple[str |
     origin = _module_file(module_name)
     if origin is None:
         return None, None
-    with open(origin, "rb") as handle:
-        lines = handle.read().splitlines(keepends=True)
-    return origin, hashlib.sha256(b"".join(lines[first - 1 : last - 1])).hexdigest()
+    return origin, digests.lines_digest(origin, first, last)
 
 
 def describe_inlined_sources(source_info: Any) -> list[dict[str, Any]]:

@@ -343,3 +343,15 @@ def test_bad_target_or_spec_is_a_usage_error(argv: list[str], message: str, tmp_
     assert message in result.err
     assert result.err.startswith("torchkiln compile: error: ")
     assert not (tmp_path / "cache").exists()  # nothing was compiled, nothing was created
+
+
+# -- usage errors exit 2 (settings.py, issue 10) --------------------------------------------------------------------
+def test_an_unknown_cache_scheme_is_a_usage_error() -> None:
+    result = cli("ls", "--cache", "nosuch://bucket/prefix")
+    assert result.rc == 2 and "unknown cache URL scheme 'nosuch'" in result.err
+
+
+def test_a_bad_setting_is_a_usage_error_before_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCHKILN_LOCK_TIMEOUT", "soon")
+    result = cli("ls")
+    assert result.rc == 2 and "TORCHKILN_LOCK_TIMEOUT='soon'" in result.err and result.out == ""

@@ -165,7 +165,8 @@ def run_job(phase: str, job: str, root: Path) -> dict[str, Any]:
                     strict=phase == "load",
                 )
                 report["hit"] = compiled.hit
-                report["fixes_applied"] = compiled.header.get("fixes_applied")  # recorded in the artifact
+                # recorded in the artifact
+                report["fixes_applied"] = list(compiled.header.fixes_applied) if compiled.header else None
                 result = compiled(*args, **case.kwargs())
         except Exception as exc:
             report.update(ok=False, error=_error(exc), traceback=traceback.format_exc(limit=-6))

@@ -49,7 +49,7 @@ def main() -> None:
         "extra": extra,
         "first_output_s": round(first_output, 3),
         "timings": {k: round(v, 3) for k, v in compiled.timings.items()},
-        "fixes_applied": compiled.header.get("fixes_applied"),
+        "fixes_applied": list(compiled.header.fixes_applied) if compiled.header else None,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(),
         "fix_states": {s.id: s.state.value for s in torchkiln.fixes()},

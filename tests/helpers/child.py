@@ -134,7 +134,7 @@ def _compile_once(target: Any, config: dict[str, Any], reference: Any) -> tuple[
             specializations=module.specializations,
             max_diff=_max_diff(output, reference),
             checksum=_checksum(output),
-            created_at=module.header.get("created_at"),
+            created_at=module.header.created_at if module.header else None,
         )
     return module, record
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from torchkiln.errors import StoreError
+from torchkiln.errors import ConfigError, StoreError
 from torchkiln.store import LocalStore, MemoryStore, Store, default_local_root, open_store
 from torchkiln.store.local import LAYOUT_VERSION, TEMP_GRACE_S
 
@@ -225,7 +225,8 @@ def test_tilde_is_expanded(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> Non
 
 
 def test_unknown_scheme_is_a_clear_error() -> None:
-    with pytest.raises(StoreError, match="unknown cache URL scheme 'nosuch'") as info:
+    # A typo, not an outage: a ConfigError (the CLI exits 2), never a silent fallback to no cache.
+    with pytest.raises(ConfigError, match="unknown cache URL scheme 'nosuch'") as info:
         open_store("nosuch://bucket/prefix")
     assert "s3://" in (info.value.fix or "")
 

@@ -36,7 +36,7 @@ NUMERIC_FIELDS = (
 def machine_info(device: str) -> dict[str, Any]:
     """What the results were measured on (torch facts are added from the children, which import it)."""
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),

@@ -14,8 +14,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from torchkiln import settings
 from torchkiln._version import __version__
-from torchkiln.errors import TorchkilnError
+from torchkiln.errors import ConfigError, TorchkilnError
 
 __all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -34,7 +35,12 @@ COMMAND_GROUPS = (
 
 def add_cache_option(parser: argparse.ArgumentParser) -> None:
     """``--cache URL``: every command that reads or lists takes it (else TORCHKILN_CACHE, else the user cache)."""
-    parser.add_argument("--cache", metavar="URL", default=None, help="cache path or URL (default: %(default)s)")
+    parser.add_argument(
+        "--cache",
+        metavar="URL",
+        default=None,
+        help=f"cache path or URL (default: ${settings.ENV_CACHE}, else the user cache directory)",
+    )
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        config = settings.current()
+    except ConfigError as exc:
+        if args.command != "doctor":  # doctor is where a user looks for what is wrong: it reports it itself
+            print(f"torchkiln {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        settings.configure_logging(config.log_level)
+    try:
         return int(handler(args))
+    except ConfigError as exc:  # a setting or an option: a usage error, not a failed check
+        print(f"torchkiln {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except TorchkilnError as exc:
         print(f"torchkiln {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED

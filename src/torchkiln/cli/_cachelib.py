@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from torchkiln import targets
 from torchkiln.errors import (
     ArtifactCorruptError,
     IncompatibleArtifactError,
@@ -28,6 +29,7 @@ from torchkiln.store.base import is_variant_of, variant_key
 
 if TYPE_CHECKING:
     from torchkiln.cache_key import CacheKey
+    from torchkiln.header import ArtifactHeader
 
 __all__ = [
     "FUNCTION_FORM",
@@ -120,11 +122,10 @@ def resolve_target(spec: str, *, function: bool = False) -> Any:
 
 def _validate(target: Any) -> None:
     """torchkiln.compile's own target check (e.g. no nested functions), reported as a usage error."""
-    from torchkiln import compiler
     from torchkiln.errors import InvalidTargetError
 
     try:
-        compiler.validate_target(target)
+        targets.validate(target)
     except InvalidTargetError as exc:
         raise UsageError(str(exc)) from None
 
@@ -195,32 +196,35 @@ def read_artifact(store: Store, key: str, *, header_only: bool = False) -> bytes
         raise StoreError(f"cannot read the artifact: {exc.strerror or exc}", where=str(path)) from exc
 
 
-def read_header(store: Store, key: str) -> dict[str, Any] | None:
-    from torchkiln.artifact import peek_header
+def read_header(store: Store, key: str) -> ArtifactHeader | None:
+    """The stored artifact's header (sections not hashed: for listing and predicting, never for unpickling)."""
+    from torchkiln.artifact import peek
+    from torchkiln.header import ArtifactHeader
 
     data = read_artifact(store, key, header_only=True)
     if data is None:
         return None
     try:
-        return peek_header(data, where=key)
+        peeked = peek(data, where=key)
     except ArtifactCorruptError:
         if len(data) < _HEADER_PREFIX:
             raise
         full = read_artifact(store, key)  # a header larger than the prefix
-        return None if full is None else peek_header(full, where=key)
+        if full is None:
+            return None
+        peeked = peek(full, where=key)
+    return ArtifactHeader.from_dict(peeked.header, where=key)
 
 
 def stored_keys(store: Store) -> tuple[list[CacheKey], list[dict[str, str]]]:
     """CacheKeys read from every stored header, and the entries that could not be read."""
-    from torchkiln.cache_key import CacheKey
-
     keys: list[CacheKey] = []
     skipped: list[dict[str, str]] = []
     for entry in store.list():
         try:
             header = read_header(store, entry.key)
             if header is not None:
-                keys.append(CacheKey.from_dict(header.get("cache_key") or {}))
+                keys.append(header.cache_key)
         except TorchkilnError as exc:
             skipped.append({"key": entry.key, "reason": exc.what})
     return keys, skipped
@@ -235,10 +239,10 @@ def predict(
     that fits is the predicted hit, subject only to what is decided at the first call (torch's kept guards and
     the re-checks on the call's arguments); none fitting is a miss that publishes a new variant.
     """
-    from torchkiln import api, compiler, loader
+    from torchkiln import api, loader
 
     fingerprint = api.request_fingerprint(target, ex_args, ex_kwargs)
-    is_module = compiler.validate_target(target)
+    is_module = targets.validate(target)
     candidates: list[dict[str, Any]] = []
     keys = [wanted.key, *store.variants(wanted.key)]
     for store_key in keys:
@@ -286,7 +290,7 @@ def check_keys(keys: list[str]) -> None:
 
 def verify_one(data: bytes | None, key: str | None, where: str, signing_key: bytes | None) -> dict[str, Any]:
     from torchkiln.artifact import decode
-    from torchkiln.cache_key import CacheKey
+    from torchkiln.header import ArtifactHeader
 
     record: dict[str, Any] = {"artifact": where, "status": "missing" if data is None else "ok"}
     if data is None:
@@ -295,7 +299,7 @@ def verify_one(data: bytes | None, key: str | None, where: str, signing_key: byt
     try:
         decoded = decode(data, signing_key=signing_key, where=where)
         record["signed"] = decoded.signed
-        built_for = CacheKey.from_dict(decoded.header.get("cache_key") or {}).key
+        built_for = ArtifactHeader.from_dict(decoded.header, where=where).key
         # A variant is stored under <its key>.<first 16 hex of its own sha256> (store.base.variant_key).
         variant = is_variant_of(key or "", built_for) and key == variant_key(
             built_for, hashlib.sha256(data).hexdigest()

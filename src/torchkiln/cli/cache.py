@@ -112,7 +112,7 @@ def _emit_json(data: Any) -> None:
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
 
 
 def _human_size(size: float) -> str:
@@ -170,21 +170,22 @@ def _ls(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for entry in sorted(store.list(), key=lambda e: (-e.last_used, e.key)):
         row: dict[str, Any] = {"key": entry.key, "size": entry.size, "last_used": _iso(entry.last_used)}
+        row.update(target=None, created_at=None, torch_version=None, device=None)
         try:
-            header = read_header(store, entry.key) or {}
+            header = read_header(store, entry.key)
         except TorchkilnError as exc:
             row["error"] = exc.what
-            header = {}
-        fingerprint = header.get("fingerprint") or {}
-        device = str(header.get("device_type", fingerprint.get("device_type", "")))
-        if device not in ("", "cpu") and fingerprint.get("device_name"):
-            device += f" ({fingerprint['device_name']})"
-        row.update(
-            target=header.get("target"),
-            created_at=header.get("created_at"),
-            torch_version=fingerprint.get("torch_version"),
-            device=device or None,
-        )
+            header = None
+        if header is not None:
+            device = header.device_type or header.fingerprint.device_type
+            if device != "cpu":
+                device += f" ({header.fingerprint.device_name})"
+            row.update(
+                target=header.target,
+                created_at=header.created_at,
+                torch_version=header.fingerprint.torch_version,
+                device=device,
+            )
         rows.append(row)
     if args.json:
         _emit_json(rows)
@@ -208,7 +209,8 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from torchkiln.artifact import decode, peek_header
+    from torchkiln.artifact import decode, peek
+    from torchkiln.header import ArtifactHeader
 
     path = Path(args.artifact)
     if path.is_file():
@@ -220,14 +222,17 @@ def _inspect(args: argparse.Namespace) -> int:
         if found is None:
             raise UsageError(f"{args.artifact!r} is neither a file nor a key in {store.url} (`torchkiln ls`)")
         data, where = found, f"{store.url} key {args.artifact}"
-    header = peek_header(data, where=where)  # a corrupt header raises: nothing else can be shown
+    peeked = peek(data, where=where)  # a corrupt header raises: nothing else can be shown
+    header = ArtifactHeader.from_dict(peeked.header, where=where)
     try:
         signed: bool | None = decode(data, where=where).signed  # hashes only: decode never unpickles
         integrity = "ok (sections hashed; signature not checked: `torchkiln verify`)"
     except TorchkilnError as exc:
         signed, integrity = None, f"FAILED: {exc.what}"
-    sections = [{"name": s["name"], "bytes": s["length"], "sha256": s["sha256"]} for s in header["sections"]]
-    guards = header.get("guards") or []
+    sections: list[dict[str, Any]] = [
+        {"name": name, "bytes": length, "sha256": sha256} for name, length, sha256 in peeked.sections
+    ]
+    guards = list(header.guards)
     not_kept = [g for g in guards if g.get("fate") != "kept"]
     report = {
         "artifact": where,
@@ -236,29 +241,28 @@ def _inspect(args: argparse.Namespace) -> int:
         "signed": signed,
         "sections": sections,
         "guard_fates": fate_counts(guards),
-        "header": header,
+        "header": {"format_version": peeked.format_version, **header.to_dict()},
     }
     if args.json:
         _emit_json(report)
         return EXIT_OK
     console = _console()
-    key = (header.get("cache_key") or {}).get("key")
-    fingerprint = header.get("fingerprint") or {}
+    fingerprint = header.fingerprint
     summary = Table.grid(padding=(0, 2))
     for label, value in (
         ("artifact", where),
-        ("key", key),
-        ("target", header.get("target")),
-        ("created", header.get("created_at")),
-        ("torchkiln", header.get("torchkiln_version")),
-        ("format", header.get("format_version")),
-        ("device", header.get("device_type")),
-        ("torch", f"{fingerprint.get('torch_version')} ({fingerprint.get('torch_git_version')})"),
-        ("python", fingerprint.get("python_version")),
+        ("key", header.key),
+        ("target", header.target),
+        ("created", header.created_at),
+        ("torchkiln", header.torchkiln_version),
+        ("format", peeked.format_version),
+        ("device", header.device_type),
+        ("torch", f"{fingerprint.torch_version} ({fingerprint.torch_git_version})"),
+        ("python", fingerprint.python_version),
         ("size", f"{_human_size(len(data))}, signed: {signed}"),
         ("integrity", integrity),
-        ("compile s", json.dumps(header.get("compile_seconds"))),
-        ("fixes applied", ", ".join(header.get("fixes_applied") or []) or "none"),
+        ("compile s", json.dumps(dict(header.compile_seconds))),
+        ("fixes applied", ", ".join(header.fixes_applied) or "none"),
         ("guard fates", ", ".join(f"{n} {fate}" for fate, n in fate_counts(guards).items())),
     ):
         summary.add_row(f"[bold]{label}[/bold]", escape(str(value)))
@@ -280,22 +284,22 @@ def _inspect(args: argparse.Namespace) -> int:
         console.print(table)
         if len(not_kept) > args.guards:
             console.print(f"  ... {len(not_kept) - args.guards} more (--guards N)")
-    sources = header.get("inlined_sources") or []
+    sources = header.inlined_sources
     console.print(f"[bold]inlined sources[/bold] ({len(sources)})")
     for src in sources[:30]:
         console.print(
             f"  {src.get('module')}:{src.get('first_line')}-{src.get('last_line')} {src.get('path')}", markup=False
         )
-    console.print(f"[bold]fingerprint[/bold] {escape(json.dumps(fingerprint, sort_keys=True))}")
+    console.print(f"[bold]fingerprint[/bold] {escape(json.dumps(fingerprint.to_dict(), sort_keys=True))}")
     return EXIT_OK
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from torchkiln.artifact import signing_key_from_env
+    from torchkiln.settings import signing_key as configured_key
 
     if args.all and args.keys:
         raise UsageError("give KEYs or --all, not both")
-    signing_key = signing_key_from_env()
+    signing_key = configured_key()
     store = open_store(args.cache)
     results = []
     files = [k for k in args.keys if k.endswith(ARTIFACT_SUFFIX) and Path(k).is_file()]

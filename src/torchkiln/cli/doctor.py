@@ -64,12 +64,12 @@ def fix_problems(before: Sequence[FixStatus], after: Sequence[FixStatus]) -> lis
 
 def signing_report(environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Is an HMAC signing key configured, and where from (its value is never read into the report)."""
-    from torchkiln.artifact import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, signing_key_from_env
+    from torchkiln.settings import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, signing_key
 
     env = os.environ if environ is None else environ
     source = next((name for name in (ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE) if name in env), None)
     try:
-        configured = signing_key_from_env(env) is not None
+        configured = signing_key(env) is not None
     except TorchkilnError as exc:
         # torchkiln.compile raises the same error: every compile here would fail.
         return {"configured": False, "source": source, "error": exc.what}, [f"signing key: {exc}"]

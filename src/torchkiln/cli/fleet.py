@@ -96,10 +96,11 @@ def _selection_ok(args: argparse.Namespace, command: str) -> bool:
 
 def _check(data: bytes, where: str) -> str | None:
     """``None`` if the artifact is intact (and trusted, when a signing key is set), else the reason."""
-    from torchkiln.artifact import decode, signing_key_from_env
+    from torchkiln.artifact import decode
+    from torchkiln.settings import signing_key
 
     try:
-        decode(data, signing_key=signing_key_from_env(), where=where)
+        decode(data, signing_key=signing_key(), where=where)
     except TorchkilnError as exc:  # corrupt, unknown format version or untrusted: none of them travel
         return exc.what
     return None

@@ -16,7 +16,8 @@ from typing import cast
 
 import platformdirs
 
-from torchkiln.errors import StoreError
+from torchkiln import settings
+from torchkiln.errors import ConfigError, StoreError
 from torchkiln.store.base import ARTIFACT_SUFFIX, INSTALL_HINTS, Store, StoreEntry, check_key
 from torchkiln.store.local import LAYOUT_VERSION, LocalStore
 from torchkiln.store.memory import MemoryStore
@@ -37,7 +38,7 @@ __all__ = [
 _TIERED = "torchkiln.store.tiered:open_tiered"
 
 
-ENV_CACHE = "TORCHKILN_CACHE"
+ENV_CACHE = settings.ENV_CACHE
 
 
 def default_local_root() -> Path:
@@ -48,12 +49,14 @@ def default_local_root() -> Path:
 def open_store(url: str | os.PathLike[str] | None = None) -> Store:
     """The store named by ``url``, else by ``$TORCHKILN_CACHE``, else the default local root.
 
+    An unknown scheme is a ``ConfigError`` (a typo, not an outage); an unreachable store is a ``StoreError``.
+
     Accepted: a plain path or ``file://`` URL (LocalStore), ``memory://name`` (MemoryStore), and ``s3://``,
     ``gs://`` or any other fsspec URL (a tiered store: a local copy under ``default_local_root()`` in front of
     the remote).
     """
     if url is None:
-        url = os.environ.get(ENV_CACHE) or None
+        url = settings.cache_url()
     if url is None:
         return LocalStore(default_local_root())
     if not isinstance(url, str):
@@ -72,7 +75,7 @@ def open_store(url: str | os.PathLike[str] | None = None) -> Store:
 
 def _open_remote(url: str, scheme: str) -> Store:
     if not _fsspec_knows(scheme):
-        raise StoreError(
+        raise ConfigError(
             f"unknown cache URL scheme {scheme!r}",
             where=url,
             fix="use a local path, file://, memory://NAME, s3://BUCKET/PREFIX or another fsspec URL",

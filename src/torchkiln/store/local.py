@@ -29,15 +29,16 @@ from pathlib import Path
 import filelock
 
 from torchkiln.errors import StoreError
+from torchkiln.layout import VERSION_DIR
 from torchkiln.store.base import ARTIFACT_SUFFIX, KEY_RE, StoreEntry, check_key, is_variant_of
 
 __all__ = ["LAYOUT_VERSION", "TEMP_GRACE_S", "LocalStore"]
 
 _log = logging.getLogger(__name__)
 
-#: The directory under a cache root that holds this layout; bumped when the layout or artifact format changes
-#: so two torchkiln versions can share a root without reading each other's objects.
-LAYOUT_VERSION = "v1"
+#: The directory under a cache root that holds this layout (layout.py derives it from the format version), so two
+#: torchkiln versions can share a root without reading each other's objects.
+LAYOUT_VERSION = VERSION_DIR
 
 #: gc leaves temp files younger than this alone: they may belong to a writer that is still running. A live
 #: writer bumps its temp file's mtime with every write, so only a dead (e.g. SIGKILLed) writer's file ages
