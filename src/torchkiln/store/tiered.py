@@ -18,17 +18,21 @@ from __future__ import annotations
 import builtins
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from torchkiln.errors import StoreError
+from torchkiln.errors import RemoteCacheWarning, StoreError, warn
 from torchkiln.store.base import Store, StoreEntry, evict_lru
 from torchkiln.store.lease import LeaseTimeoutError
 
-__all__ = ["RETRY_AFTER", "RemoteCacheWarning", "TieredStore", "open_tiered"]
+__all__ = [
+    "RETRY_AFTER",
+    "RemoteCacheWarning",
+    "TieredStore",
+    "open_tiered",
+]  # RemoteCacheWarning: re-exported from errors
 
 T = TypeVar("T")
 
@@ -38,10 +42,6 @@ RETRY_AFTER = 300.0
 # remote url -> time.monotonic() of its last failure; shared by every TieredStore in this process.
 _FAILED: dict[str, float] = {}
 _FAILED_LOCK = threading.Lock()
-
-
-class RemoteCacheWarning(RuntimeWarning):
-    """The remote tier failed; torchkiln goes on with the local cache (filter with this category)."""
 
 
 class TieredStore:
@@ -72,12 +72,11 @@ class TieredStore:
             first = self.remote.url not in _FAILED
             _FAILED[self.remote.url] = time.monotonic()
         if first:  # one warning per outage, not one per call
-            warnings.warn(
+            warn(
                 f"torchkiln: the remote cache {self.remote.url} failed during {operation} ({exc.what}); "
                 f"using the local cache {self.local.url} only for the next {RETRY_AFTER:g} s. "
                 "Artifacts built meanwhile stay local; `torchkiln push` uploads them later.",
                 RemoteCacheWarning,
-                stacklevel=3,
             )
 
     def _remote(self, operation: str, fn: Callable[[], T], fallback: T) -> T:
@@ -100,10 +99,9 @@ class TieredStore:
                 self.local.put(key, data)
             except StoreError as exc:
                 # The bytes are good to use; only the copy for the next process is lost.
-                warnings.warn(
+                warn(
                     f"torchkiln: could not keep a local copy of {key}: {exc.what}",
                     RemoteCacheWarning,
-                    stacklevel=2,
                 )
         return data
 
@@ -159,10 +157,9 @@ class TieredStore:
                 try:
                     stack.enter_context(lease(key, remaining))
                 except LeaseTimeoutError as exc:
-                    warnings.warn(
+                    warn(
                         f"torchkiln: {exc.what}; compiling here without the fleet lease",
                         RemoteCacheWarning,
-                        stacklevel=3,
                     )
                 except StoreError as exc:
                     self._degrade(exc, "lock")
