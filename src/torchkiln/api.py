@@ -24,9 +24,9 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from torchkiln import builder, cache_key, compiler, frames, loader, request, settings, targets
+from torchkiln import arguments, builder, cache_key, compiler, frames, loader, request, settings, targets
 from torchkiln.compat import check_supported
-from torchkiln.errors import CompileError, StaleArtifactError, StoreError, TorchkilnError, warn
+from torchkiln.errors import StaleArtifactError, StoreError, TorchkilnError, warn
 from torchkiln.fingerprint import Fingerprint
 from torchkiln.header import ArtifactHeader
 from torchkiln.request import request_fingerprint, request_key
@@ -328,21 +328,25 @@ def compile(
     or URL (``/dir``, ``file://``, ``s3://bucket/prefix``, ``memory://``), else ``$TORCHKILN_CACHE``, else the
     user cache dir. ``strict`` (or ``TORCHKILN_STRICT=1``) raises instead of falling back to a compile.
 
-    Every setting is checked before any work: a bad ``TORCHKILN_*`` variable or cache URL is a ``ConfigError``.
+    Every setting is checked before any work: a bad ``TORCHKILN_*`` variable, cache URL or argument is a
+    ``ConfigError`` (``InvalidArgumentError``, also a ``TypeError``, for an argument of the wrong type).
     """
     config = settings.current()
     settings.configure_logging(config.log_level)
     check_supported()
-    strict = strict or config.strict
     is_module = targets.validate(target)
-    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    kwargs = dict(example_kwargs or {})
-    if not isinstance(backend, str):
-        raise CompileError(
-            f"backend must be a registered backend name, not {type(backend).__name__}",
-            where="backend",
-            fix='use backend="inductor" (a callable backend cannot be named in a cache key)',
-        )
+    args = arguments.example_args(example_inputs)
+    kwargs = arguments.check_compile_arguments(
+        args,
+        example_kwargs=example_kwargs,
+        cache=cache,
+        name=name,
+        dynamic=dynamic,
+        backend=backend,
+        options=options,
+        strict=strict,
+    )
+    strict = strict or config.strict
     store: Store | None
     if isinstance(cache, Store):
         store = cache

@@ -34,6 +34,7 @@ from torchkiln.errors import CompileError
 from torchkiln.frames import call_args, loader_globals, portable_globals
 from torchkiln.hints import hint_for
 from torchkiln.loaded_function import LoadedFunction
+from torchkiln.reasons import exception_reason
 from torchkiln.sources import describe_inlined_sources
 
 __all__ = [
@@ -106,13 +107,6 @@ class CompileResult:
     jit: bool = False
     #: the retry that compiled it (``compat.float_specialization.NAME``), None for a first-attempt compile
     retried: str | None = None
-
-
-def exception_reason(exc: BaseException) -> str:
-    """``Type: first non-empty line`` of an exception, never empty: torch raises some (Dynamo's restarts) bare."""
-    lines = (line.strip() for line in str(exc).splitlines())
-    first = next((line for line in lines if line), "")
-    return f"{type(exc).__name__}: {first[:2000]}" if first else type(exc).__name__
 
 
 def _is_serialization_failure(exc: BaseException) -> bool:

@@ -26,6 +26,7 @@ __all__ = [
     "CompileError",
     "ArtifactEncodeError",
     "ConfigError",
+    "InvalidArgumentError",
     "TorchkilnWarning",
     "RemoteCacheWarning",
     "warn",
@@ -108,6 +109,10 @@ class ConfigError(TorchkilnError, ValueError):
 
     The CLI exits 2 (usage error) on it.
     """
+
+
+class InvalidArgumentError(ConfigError, TypeError):
+    """An argument of ``torchkiln.compile`` has a type it cannot use (checked before any work)."""
 
 
 class TorchkilnWarning(UserWarning):
