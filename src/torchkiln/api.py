@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from torchkiln import arguments, builder, cache_key, compiler, frames, loader, request, settings, targets
+from torchkiln import arguments, builder, cache_key, compiler, frames, loader, progress, request, settings, targets
 from torchkiln.compat import check_supported
 from torchkiln.errors import StaleArtifactError, StoreError, TorchkilnError, warn
 from torchkiln.fingerprint import Fingerprint
@@ -33,9 +33,25 @@ from torchkiln.request import request_fingerprint, request_key
 from torchkiln.store import Store, open_store
 from torchkiln.store.base import variant_key
 
-__all__ = ["CompiledModule", "compile", "request_fingerprint", "request_key"]
+__all__ = ["TIMING_KEYS", "CompiledModule", "compile", "request_fingerprint", "request_key"]
 
 log = logging.getLogger("torchkiln")
+
+#: Every ``CompiledModule.timings`` key, on a hit and on a miss alike (0.0 for a phase that did not run), so a
+#: dashboard or a ``--json`` consumer reads one shape. Seconds.
+TIMING_KEYS = (
+    "key",
+    "store_get",
+    "decode",
+    "restore_kernels",
+    "load",
+    "lock_wait",
+    "compile",
+    "encode",
+    "check_loadable",
+    "publish",
+    "total",
+)
 
 
 @dataclasses.dataclass
@@ -98,7 +114,7 @@ class CompiledModule:
 
     # -- resolving a key ----------------------------------------------------------------------------------------
     def _resolve(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Specialization:
-        timings: dict[str, float] = {}
+        timings = dict.fromkeys(TIMING_KEYS, 0.0)
         start = time.perf_counter()
         key, fingerprint = request.request_key_and_fingerprint(
             self.target,
@@ -243,12 +259,13 @@ class CompiledModule:
         start = time.perf_counter()
         lock = contextlib.ExitStack()
         try:
-            lock.enter_context(self._store.lock(key.key, timeout))
+            with progress.activity(f"waiting for another process compiling {key.key}", after=1.0):
+                lock.enter_context(self._store.lock(key.key, timeout))
         except StoreError as exc:
             self._fallback(exc, f"cannot take the compile lock for {key.key}")
             return self._compile(key, fingerprint, args, kwargs, timings), False
         try:
-            timings["lock_wait"] = time.perf_counter() - start
+            timings["lock_wait"] += time.perf_counter() - start
             # Another process may have published while this one waited (the key, or the variant this process
             # needs): load theirs. What was read before the wait is not read and unpickled a second time.
             spec, _ = self._try_load(key, fingerprint, args, kwargs, timings, tried=tried)
@@ -306,7 +323,7 @@ class CompiledModule:
                     log.info("variant %s was already published", store_key)
         except StoreError as exc:
             self._fallback(exc, f"cannot publish {store_key}", then="the model still runs compiled in this process")
-        timings["publish"] = time.perf_counter() - start
+        timings["publish"] += time.perf_counter() - start
         return store_key
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import artifact, cache_key, compiler, frames, kernels, targets
+from torchkiln import artifact, cache_key, compiler, frames, kernels, progress, targets
 from torchkiln._version import __version__
 from torchkiln.errors import CompileError
 from torchkiln.fingerprint import Fingerprint
@@ -54,12 +54,11 @@ def build(
 ) -> Built:
     """Compile ``target`` for these inputs (``CompileError`` when torch cannot) and encode what may be published."""
     start = time.perf_counter()
-    log.info("compiling %s", key.key)
-    with kernels.recording() as recording:
+    with progress.activity(f"compiling {key.key}"), kernels.recording() as recording:
         result = compiler.compile_target(
             target, args, kwargs, is_module=is_module, dynamic=dynamic, backend=backend, options=options
         )
-    timings["compile"] = time.perf_counter() - start
+    timings["compile"] = timings.get("compile", 0.0) + time.perf_counter() - start
     function = result.function
     full_args = frames.call_args(target, is_module, args)
     if result.payload is not None and not function.guard_check(full_args, kwargs):
@@ -105,10 +104,10 @@ def build(
         {"payload": result.payload, "kernels": kernels.bundle(recording)},
         signing_key=signing_key,
     )
-    timings["encode"] = time.perf_counter() - start
+    timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
     reason = compiler.check_loadable(result.payload, is_module=is_module, target=target)
-    timings["check_loadable"] = time.perf_counter() - start
+    timings["check_loadable"] = timings.get("check_loadable", 0.0) + time.perf_counter() - start
     if reason is not None:
         # Publishing bytes torch cannot load would make every later process warn and recompile: say it once here.
         problem = CompileError(

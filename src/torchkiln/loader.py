@@ -106,7 +106,7 @@ def load(
         is_module=is_module,
         call=call,
     )
-    timings["decode"] = time.perf_counter() - start
+    timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
     report = None
     if "kernels" in decoded.sections:
@@ -115,7 +115,7 @@ def load(
         except OSError as exc:
             # An unwritable Inductor cache costs speed (kernels are rebuilt at load), not correctness.
             log.warning("could not restore the kernels of %s into the Inductor cache: %s", key, exc)
-    timings["restore_kernels"] = time.perf_counter() - start
+    timings["restore_kernels"] = timings.get("restore_kernels", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
     try:
         with kernels.loading(report):
@@ -131,7 +131,7 @@ def load(
         raise
     except Exception as exc:
         raise load_error(exc, store_key, target) from exc
-    timings["load"] = time.perf_counter() - start
+    timings["load"] = timings.get("load", 0.0) + time.perf_counter() - start
     return function, header
 
 

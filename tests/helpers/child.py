@@ -13,10 +13,11 @@ Run as ``python tests/helpers/child.py CONFIG_JSON``. The config names importabl
 - ``repeat_calls`` / ``repeat_loads``: call the last module / call ``torchkiln.compile`` N more times and report
   open file descriptors and RSS before and after.
 
-The last stdout line is ``TKRESULT <json>``: per compile ``hit``, ``key``, ``timings`` keys, ``artifact_bytes``,
-``specializations``, ``max_diff`` against eager in this process, the ``TorchkilnWarning`` messages, the error
-(type name, its class hierarchy, message) if one was raised, and its ``calls``. Nothing else is printed (stdout
-or stderr) except what torch prints, so tests can grep stderr for error lines.
+The last stdout line is ``TKRESULT <json>``: per compile ``hit``, ``key``, ``timings`` (every phase, 0.0 for
+those that did not run), ``artifact_bytes``, ``specializations``, ``max_diff`` against eager in this process, the
+``TorchkilnWarning`` messages, the error (type name, its class hierarchy, message) if one was raised, and its
+``calls``. Nothing else is printed (stdout or stderr) except what torch prints, so tests can grep stderr for error
+lines.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def _compile_once(target: Any, config: dict[str, Any], reference: Any) -> tuple[
         record.update(
             hit=module.hit,
             key=module.key,
-            timings=sorted(module.timings),
+            timings={k: round(v, 4) for k, v in module.timings.items()},
             artifact_bytes=module.artifact_bytes,
             specializations=module.specializations,
             max_diff=_max_diff(output, reference),

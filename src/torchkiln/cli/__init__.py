@@ -14,7 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from torchkiln import settings
+from torchkiln import progress, settings
 from torchkiln._version import __version__
 from torchkiln.errors import ConfigError, TorchkilnError
 
@@ -80,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
     else:
         settings.configure_logging(config.log_level)
+    if not getattr(args, "quiet", False):
+        progress.show_on()  # stderr only: --json output on stdout stays pure
     try:
         return int(handler(args))
     except ConfigError as exc:  # a setting or an option: a usage error, not a failed check
@@ -90,3 +92,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CHECK_FAILED
     except KeyboardInterrupt:
         return 130
+    finally:
+        progress.hide()
