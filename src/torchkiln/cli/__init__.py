@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 
@@ -65,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(args: argparse.Namespace, exc: TorchkilnError, code: int) -> int:
+    """An error: its text on stderr; with ``--json`` also one JSON object on stdout (``ok``, ``error``), the shape
+    every command's JSON failure has, so a script never parses an empty stdout."""
+    print(f"torchkiln {args.command}: error: {exc}", file=sys.stderr)
+    if getattr(args, "json", False):
+        error = {"type": type(exc).__name__, "what": exc.what, "where": exc.where, "fix": exc.fix}
+        sys.stdout.write(json.dumps({"ok": False, "command": args.command, "exit_code": code, "error": error}) + "\n")
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -76,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = settings.current()
     except ConfigError as exc:
         if args.command != "doctor":  # doctor is where a user looks for what is wrong: it reports it itself
-            print(f"torchkiln {args.command}: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return _report(args, exc, EXIT_USAGE)
     else:
         settings.configure_logging(config.log_level)
     if not getattr(args, "quiet", False):
@@ -85,11 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(handler(args))
     except ConfigError as exc:  # a setting or an option: a usage error, not a failed check
-        print(f"torchkiln {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _report(args, exc, EXIT_USAGE)
     except TorchkilnError as exc:
-        print(f"torchkiln {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_CHECK_FAILED
+        return _report(args, exc, EXIT_CHECK_FAILED)
     except KeyboardInterrupt:
         return 130
     finally:

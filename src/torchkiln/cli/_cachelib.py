@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from torchkiln import targets
 from torchkiln.errors import (
     ArtifactCorruptError,
+    ConfigError,
     IncompatibleArtifactError,
     StoreError,
     TorchkilnError,
@@ -58,8 +59,8 @@ _NOATIME = getattr(os, "O_NOATIME", 0)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-class UsageError(Exception):
-    """Bad command-line input: the command reports it on stderr and exits 2."""
+class UsageError(ConfigError):
+    """Bad command-line input: ``torchkiln`` reports it (stderr; a JSON object on stdout with ``--json``), exits 2."""
 
 
 # -- TARGET and SPEC -------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import sys
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from torchkiln.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, add_cache_option, add_json_option
+from torchkiln.cli import EXIT_CHECK_FAILED, EXIT_OK, add_cache_option, add_json_option
 from torchkiln.cli._cachelib import (
     FUNCTION_FORM,
     INPUTS_FORM,
@@ -47,18 +46,6 @@ from torchkiln.store import ARTIFACT_SUFFIX, open_store
 __all__ = ["register"]
 
 
-def _handler(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    @functools.wraps(fn)
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except UsageError as exc:
-            sys.stderr.write(f"torchkiln {args.command}: error: {exc}\n")
-            return EXIT_USAGE
-
-    return wrapped
-
-
 def register(subparsers: Any) -> None:
     """Add the cache commands to the ``torchkiln`` parser."""
     inputs_help = f"example inputs: {INPUTS_FORM}; a single tensor or a kwargs dict is accepted too"
@@ -74,7 +61,7 @@ def register(subparsers: Any) -> None:
         parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_, description=help_)
         add_cache_option(parser)
         add_json_option(parser)
-        parser.set_defaults(handler=_handler(handler))
+        parser.set_defaults(handler=handler)
         return parser
 
     compile_ = add("compile", _compile, "compile TARGET on the example inputs into the cache (prewarm)")
