@@ -173,3 +173,12 @@ def test_cache_report_fails_on_a_cache_others_can_write(tmp_path: Path) -> None:
     root.chmod(stat.S_IRWXU)
     info, problems = cache_report(str(root))
     assert (info["usable"], info["trusted"], info["writable"], problems) == (True, True, True, [])
+
+
+def test_settings_report_names_a_bad_variable_and_hides_the_key() -> None:
+    from torchkiln.cli.doctor import settings_report
+
+    info, problems = settings_report({"TORCHKILN_LOCK_TIMEOUT": "10 minutes", "TORCHKILN_SIGNING_KEY": SECRET})
+    assert info["set"]["TORCHKILN_LOCK_TIMEOUT"] == "10 minutes" and SECRET not in json.dumps(info)
+    assert len(problems) == 1 and "TORCHKILN_LOCK_TIMEOUT" in problems[0]
+    assert settings_report({}) == ({"set": {}}, [])

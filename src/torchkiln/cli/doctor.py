@@ -62,6 +62,23 @@ def fix_problems(before: Sequence[FixStatus], after: Sequence[FixStatus]) -> lis
     return problems
 
 
+def settings_report(environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Every ``TORCHKILN_*`` variable that is set (a key's value never shown), and what is wrong with them."""
+    from torchkiln import settings
+    from torchkiln.errors import ConfigError
+
+    env = os.environ if environ is None else environ
+    shown = {
+        name: ("<set>" if name == settings.ENV_SIGNING_KEY else env[name]) for name in settings.VARIABLES if name in env
+    }
+    signing = (settings.ENV_SIGNING_KEY, settings.ENV_SIGNING_KEY_FILE)  # signing_report covers those two
+    try:
+        settings.current({k: v for k, v in env.items() if k not in signing})
+    except ConfigError as exc:
+        return {"set": shown, "error": exc.what}, [f"settings: {exc}"]
+    return {"set": shown}, []
+
+
 def signing_report(environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Is an HMAC signing key configured, and where from (its value is never read into the report)."""
     from torchkiln.settings import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, signing_key
@@ -71,7 +88,7 @@ def signing_report(environ: Mapping[str, str] | None = None) -> tuple[dict[str, 
     try:
         configured = signing_key(env) is not None
     except TorchkilnError as exc:
-        # torchkiln.compile raises the same error: every compile here would fail.
+        # torchkiln.compile raises the same error before any work: nothing can compile here until it is fixed.
         return {"configured": False, "source": source, "error": exc.what}, [f"signing key: {exc}"]
     return {"configured": configured, "source": source}, []
 
@@ -181,6 +198,8 @@ def collect(cache_url: str | None) -> dict[str, Any]:
     report["cache"], cache_problems = cache_report(cache_url)
     # An unusable cache runs every model uncached (a warning at each compile): the one thing torchkiln is for.
     problems += cache_problems
+    report["settings"], settings_problems = settings_report()
+    problems += settings_problems
     report["signing_key"], signing_problems = signing_report()
     problems += signing_problems
     report["fixes"] = []
@@ -219,6 +238,7 @@ def _print(report: Mapping[str, Any]) -> None:
         ("cache", f"{cache['url']} (from {cache['from']})"),
         ("", cache_state),
         ("signing key", signing_state),
+        ("settings", ", ".join(f"{k}={v}" for k, v in report["settings"]["set"].items()) or "none set"),
     ):  # fmt: skip
         env.add_row(label, value if label in ("torch",) else escape(str(value)))
     console.print(env)
