@@ -1,4 +1,4 @@
-"""Forbid pickle-family imports outside an explicit allow-list.
+"""Forbid pickle-family imports outside an explicit allow-list, and torch's private names outside their owners.
 
 This module owns the rule "only the files that must unpickle may import an unpickler": torchkiln verifies an
 artifact's lengths and hashes before it hands any byte to an unpickler, and that promise only holds if the
@@ -6,6 +6,11 @@ artifact's lengths and hashes before it hands any byte to an unpickler, and that
 would turn a corrupt or planted cache entry into arbitrary code execution, so every import of ``pickle``,
 ``_pickle``, ``cloudpickle`` or ``dill`` (and their submodules) is an error unless the file is on ALLOW_LIST
 (or TEST_ALLOW_LIST) below, with the reason it needs one.
+
+The second rule: inside src/ only the paths in TORCH_PRIVATE_ALLOWED (compiler.py, compat/, inductor_cache/) may
+import a private torch module (``torch._dynamo``, ``torch.utils._pytree``) or read a private torch attribute
+(``torch._C.x``). Private names move between torch releases; keeping them in a few owners, each behind a probe,
+makes a torch upgrade break one known place instead of anywhere.
 
 Every import form is found through ``ast`` (a regex misses ``import os, pickle`` and finds commented-out
 code): ``import``, ``from ... import``, imports nested in functions or ``if``/``try`` blocks, and
@@ -40,6 +45,25 @@ ALLOW_LIST: dict[str, str] = {
         "for the module-globals fix"
     ),
 }
+
+#: torch's private names (``torch._dynamo``, ``torch._inductor.config``, ``torch.utils._pytree``, ``torch._C``) change
+#: between releases without notice. Inside the package only these paths may use them (DESIGN.md section 1), each
+#: behind a probe or a version check, so that a torch that moves one breaks one known place. Prefixes of
+#: repo-relative paths -> why.
+TORCH_PRIVATE_ALLOWED: dict[str, str] = {
+    "src/torchkiln/compiler.py": "the one module that calls aot_compile, save and load and filters guards",
+    "src/torchkiln/compat/": "forward fixes patch torch's internals by design, each behind a probe",
+    "src/torchkiln/inductor_cache/": "the Inductor/Triton cache scopes and the install memo of torch_key",
+    "src/torchkiln/bench/child.py": "benchmarks torch's own baselines (AOTInductor packages, enable_aot_compile)",
+}
+
+#: The tree the torch-private rule applies to: tests, tools and benchmarks may probe internals freely.
+TORCH_PRIVATE_SCOPE = "src/"
+
+TORCH_TIP = (
+    "move the use into torchkiln.compiler, torchkiln.inductor_cache or a compat fix (behind a probe), or add "
+    "the path to TORCH_PRIVATE_ALLOWED in tools/check_forbidden_imports.py with a reason"
+)
 
 #: Test files that must plant pickles (e.g. to prove a malicious payload is refused) -> why. Kept separate
 #: so a reviewer sees at a glance which exemptions are test-only; entries must live under tests/.
@@ -124,6 +148,54 @@ def find_forbidden(source: str | bytes, filename: str = "<string>") -> list[tupl
     return sorted((line, module) for line, module in _imported_modules(tree) if is_forbidden(module))
 
 
+def _is_private(segment: str) -> bool:
+    return segment.startswith("_") and not (segment.startswith("__") and segment.endswith("__"))
+
+
+def _torch_private_module(module: str) -> bool:
+    parts = module.split(".")
+    return parts[0] == "torch" and any(_is_private(p) for p in parts[1:])
+
+
+def _attribute_chain(node: ast.Attribute) -> list[str] | None:
+    """``["torch", "_dynamo", "config"]`` for ``torch._dynamo.config``; None if the root is not a plain name."""
+    names: list[str] = []
+    current: ast.expr = node
+    while isinstance(current, ast.Attribute):
+        names.append(current.attr)
+        current = current.value
+    if not isinstance(current, ast.Name):
+        return None
+    names.append(current.id)
+    return names[::-1]
+
+
+def find_torch_private(source: str | bytes, filename: str = "<string>") -> list[tuple[int, str]]:
+    """(line, name) for every import of a private torch module and every ``torch._x`` attribute, sorted."""
+    tree = ast.parse(source, filename=filename)
+    hits: set[tuple[int, str]] = set()
+    for line, module in _imported_modules(tree):
+        if _torch_private_module(module):
+            hits.add((line, module))
+    # Only the outermost attribute of a chain is reported (torch._C._get_tracing_state once, not also torch._C).
+    inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "torch":
+            hits.update((node.lineno, f"torch.{a.name}") for a in node.names if _is_private(a.name))
+        elif isinstance(node, ast.Attribute) and id(node) not in inner:
+            chain = _attribute_chain(node)
+            if chain and chain[0] == "torch" and any(_is_private(p) for p in chain[1:]):
+                hits.add((node.lineno, ".".join(chain)))
+    return sorted(hits)
+
+
+def torch_private_allowed(rel_path: str | None) -> bool:
+    """Outside src/ always; inside it only on TORCH_PRIVATE_ALLOWED paths."""
+    if rel_path is None or not rel_path.startswith(TORCH_PRIVATE_SCOPE):
+        return True
+    return any(rel_path.startswith(prefix) for prefix in TORCH_PRIVATE_ALLOWED)
+
+
 def repo_relative(path: Path, root: Path) -> str | None:
     """``path`` relative to ``root`` with POSIX separators, or None if it lies outside ``root``."""
     try:
@@ -153,9 +225,15 @@ def check_file(path: Path, root: Path = REPO_ROOT) -> list[Finding]:
         return [Finding(shown, exc.lineno or 0, f"syntax error: {exc.msg}; cannot check its imports")]
     except ValueError as exc:  # Python 3.11 reports null bytes as ValueError, not SyntaxError.
         return [Finding(shown, 0, f"cannot parse: {exc}; cannot check its imports")]
-    if allowed_reason(rel) is not None:
-        return []
-    return [Finding(shown, line, f"forbidden import: {module}. TIP: {TIP}") for line, module in hits]
+    findings = []
+    if allowed_reason(rel) is None:
+        findings += [Finding(shown, line, f"forbidden import: {module}. TIP: {TIP}") for line, module in hits]
+    if not torch_private_allowed(rel):
+        findings += [
+            Finding(shown, line, f"private torch name outside its owners: {name}. TIP: {TORCH_TIP}")
+            for line, name in find_torch_private(source, filename=shown)
+        ]
+    return sorted(findings, key=lambda f: f.line)
 
 
 def iter_python_files(paths: Iterable[Path]) -> Iterator[Path]:

@@ -271,3 +271,48 @@ def test_script_default_scan_of_its_own_repository(tmp_path: Path) -> None:
         "benchmarks/bench.py:2: forbidden import: _pickle.",
         "fuzz/fuzz_artifact.py:1: forbidden import: dill.",
     ]
+
+
+# -- the torch-private rule ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("import torch._dynamo\n", [(1, "torch._dynamo")]),
+        ("from torch._inductor import config\n", [(1, "torch._inductor")]),
+        ("from torch import _dynamo\n", [(1, "torch._dynamo")]),
+        ("import torch.utils._pytree as p\n", [(1, "torch.utils._pytree")]),
+        ("import torch\nx = torch._C._get_tracing_state\n", [(2, "torch._C._get_tracing_state")]),
+        ("def f():\n    import importlib\n    importlib.import_module('torch._dynamo')\n", [(3, "torch._dynamo")]),
+    ],
+)
+def test_private_torch_names_are_found(source: str, expected: list[tuple[int, str]]) -> None:
+    assert cfi.find_torch_private(source) == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["import torch\nv = torch.__version__\n", "import torch.nn.functional as F\n", "x = obj._private.attr\n"],
+)
+def test_public_torch_names_are_clean(source: str) -> None:
+    assert cfi.find_torch_private(source) == []
+
+
+@pytest.mark.parametrize(
+    ("rel", "allowed"),
+    [
+        ("src/torchkiln/compiler.py", True),
+        ("src/torchkiln/compat/fixes/some_fix.py", True),
+        ("src/torchkiln/inductor_cache/scopes.py", True),
+        ("src/torchkiln/api.py", False),
+        ("src/torchkiln/kernels/bundle.py", False),
+        ("tests/test_api.py", True),
+        ("benchmarks/profile_hit.py", True),
+    ],
+)
+def test_torch_private_rule_applies_inside_the_package_only(tmp_path: Path, rel: str, allowed: bool) -> None:
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True)
+    path.write_text("from torch._inductor import config\n")
+    findings = cfi.check_file(path, root=tmp_path)
+    assert (findings == []) is allowed, findings
+    assert all("private torch name" in str(f) for f in findings)
