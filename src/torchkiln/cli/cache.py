@@ -202,6 +202,10 @@ def _inspect(args: argparse.Namespace) -> int:
     path = Path(args.artifact)
     if path.is_file():
         data, where = path.read_bytes(), str(path)
+    elif args.artifact.endswith(ARTIFACT_SUFFIX) or "/" in args.artifact or path.exists():
+        # A path, not a key: "invalid cache key" would send the user looking in the wrong place.
+        what = "is a directory, not an artifact file" if path.is_dir() else "does not exist"
+        raise UsageError(f"no such artifact file: {args.artifact} {what}")
     else:
         store = open_store(args.cache)
         check_keys([args.artifact])
