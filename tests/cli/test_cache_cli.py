@@ -108,8 +108,13 @@ def test_compile_again_is_a_hit(built: Built) -> None:
 def test_ls_json_and_table(built: Built) -> None:
     result = cli("ls", "--cache", str(built.cache), "--json")
     assert result.rc == 0
-    rows = {row["key"]: row for row in result.json()}
+    report = result.json()
+    rows = {row["key"]: row for row in report["artifacts"]}
     assert set(rows) == {built.model["key"], built.function["key"]}
+    assert {row["tier"] for row in rows.values()} == {"local"}
+    assert report["tiers"] == [
+        {"name": "local", "url": str(built.cache), "artifacts": 2, "bytes": sum(r["size"] for r in rows.values())}
+    ]
     model = rows[built.model["key"]]
     assert model["target"] == "cli.targets.TinyModel"
     assert rows[built.function["key"]]["target"] == "cli.targets.scale_shift"
@@ -265,12 +270,13 @@ def test_gc_evicts_least_recently_used_first(built: Built, tmp_path: Path) -> No
     result = cli("gc", "--max-size", str(keep), "--cache", str(cache), "--json")
     assert result.rc == 0, result.err
     report = result.json()
-    assert report["evicted"] == [old]
-    assert report["bytes_after"] == keep
+    (tier,) = report["tiers"]
+    assert tier["tier"] == "local" and tier["evicted"] == [old]
+    assert tier["bytes_after"] == keep
     assert report["max_size"] == keep
     text = cli("gc", "--max-size", "0K", "--cache", str(cache))
     assert text.rc == 0
-    assert f"evicted {new}" in text.out
+    assert f"evicted local: {new}" in text.out
     assert LocalStore(cache).list() == []
 
 
@@ -300,7 +306,7 @@ def test_rm(built: Built, tmp_path: Path) -> None:
     key = built.model["key"]
     result = cli("rm", key, "--cache", str(cache), "--json")
     assert result.rc == 0
-    assert result.json()["results"] == [{"key": key, "deleted": True}]
+    assert result.json() == {"results": [{"tier": "local", "key": key, "deleted": True}], "missing": []}
     again = cli("rm", key, "--cache", str(cache))
     assert again.rc == 1
     assert f"missing {key}" in again.out
@@ -355,3 +361,21 @@ def test_a_bad_setting_is_a_usage_error_before_the_command(monkeypatch: pytest.M
     monkeypatch.setenv("TORCHKILN_LOCK_TIMEOUT", "soon")
     result = cli("ls")
     assert result.rc == 2 and "TORCHKILN_LOCK_TIMEOUT='soon'" in result.err and result.out == ""
+
+
+def test_a_local_cache_path_that_is_not_there_is_an_error(tmp_path: Path) -> None:
+    # "0 artifacts", rc 0 hid a typo in --cache (issue 11); a file is not a cache either.
+    for path in (tmp_path / "typo", tmp_path / "file"):
+        if path.name == "file":
+            path.write_text("x")
+        for command in ("ls", "verify", "gc"):
+            extra = ["--max-size", "1G"] if command == "gc" else []
+            result = cli(command, "--cache", str(path), *extra)
+            assert result.rc == 1, (command, path, result.out, result.err)
+            assert "no cache at this path" in result.err or "not a directory" in result.err
+
+
+def test_tier_option_on_a_local_cache(built: Built) -> None:
+    assert cli("ls", "--cache", str(built.cache), "--tier", "local").rc == 0
+    bad = cli("ls", "--cache", str(built.cache), "--tier", "remote")
+    assert bad.rc == 2 and "has no remote tier" in bad.err

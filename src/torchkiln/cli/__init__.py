@@ -29,6 +29,7 @@ EXIT_USAGE = 2
 COMMAND_GROUPS = (
     "torchkiln.cli.doctor",
     "torchkiln.cli.cache",
+    "torchkiln.cli.listing",
     "torchkiln.cli.fleet",
     "torchkiln.cli.bench",
 )

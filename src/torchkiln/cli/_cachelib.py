@@ -184,7 +184,15 @@ def _open_unrecorded(path: Path) -> BinaryIO:
 
 
 def read_artifact(store: Store, key: str, *, header_only: bool = False) -> bytes | None:
-    """The artifact's bytes (a prefix with ``header_only``, for local files) without counting as a use."""
+    """The artifact's bytes (a prefix with ``header_only``, for local files) without counting as a use.
+
+    A tiered store is read tier by tier (local file, then the remote object), never through ``TieredStore.get``:
+    looking must not copy bucket objects into the local tier.
+    """
+    local, remote = getattr(store, "local", None), getattr(store, "remote", None)
+    if local is not None and remote is not None:
+        found = read_artifact(local, key, header_only=header_only)
+        return found if found is not None else read_artifact(remote, key, header_only=header_only)
     path = local_path(store, key)
     if path is None:
         return store.get(key)
