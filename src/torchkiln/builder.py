@@ -105,7 +105,7 @@ def build(
     }
     data = artifact.encode(
         header,
-        {"payload": result.payload, "kernels": kernels.bundle(recording)},
+        {"payload": result.payload, "kernels": kernels.bundle_of(recording)},
         signing_key=artifact.signing_key_from_env(),
     )
     timings["encode"] = time.perf_counter() - start
