@@ -101,7 +101,7 @@ def build(
     )
     data = artifact.encode(
         header.to_dict(),
-        {"payload": result.payload, "kernels": kernels.bundle(recording)},
+        {"payload": result.payload, "kernels": kernels.bundle_of(recording)},
         signing_key=signing_key,
     )
     timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - start

@@ -18,13 +18,12 @@ Loading unpickles: callers hand this module bytes that artifact.py has already v
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import logging
 import pickle  # allowed here (tools/check_forbidden_imports.py): to recognise torch's pickling errors
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -293,7 +292,9 @@ def load(
         # A GPU hit keys every Triton kernel it loads with torch_key(): from the install memo, torch need not hash
         # its own sources. A CPU hit never calls it (benchmarks/results/cpu-profile-hit-*.txt): no memo check there.
         inductor_cache.prime_torch_key()
-    with _in_process_kernel_loading():
+    # Kernels load in this process (compile_threads); a restored bundle's settings are applied around this call by
+    # the load path (loader.py, kernels.loading), while check_loadable loads with the compiling process's own.
+    with inductor_cache.loading(bundle_settings=False):
         function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
     # The re-checks on module globals ran before anything was unpickled (loader.check_header); all of them run
     # again at each call of the returned function (LoadedFunction.guard_check).
@@ -320,24 +321,3 @@ def check_loadable(payload: bytes, *, is_module: bool, target: Any) -> str | Non
     except Exception as exc:  # the reason is the result: the caller reports it and does not publish
         return exception_reason(exc)
     return None
-
-
-@contextlib.contextmanager
-def _in_process_kernel_loading() -> Iterator[None]:
-    """Load a deserialized graph's kernels in this process, not through Inductor's compile-worker pool.
-
-    With ``compile_threads > 1`` (Inductor's default on a multi-core host) every Triton kernel of a deserialized
-    graph that is not in the in-memory kernel table is sent to a subprocess pool, whose workers must first import
-    torch: seconds before the first output although the kernels are already built (restored from the artifact's
-    kernel bundle). Loading them in-process reads the built kernels from the cache. A user's explicit
-    ``TORCHINDUCTOR_COMPILE_THREADS`` is respected.
-    """
-    import os
-
-    from torch._inductor import config as inductor_config
-
-    if "TORCHINDUCTOR_COMPILE_THREADS" in os.environ or not hasattr(inductor_config, "compile_threads"):
-        yield
-        return
-    with inductor_config.patch(compile_threads=1):
-        yield

@@ -1,7 +1,8 @@
 """``LoadedFunction``: a compiled or deserialized artifact as torchkiln calls it, with its guard check.
 
 An input fits only when torch's kept guards and torchkiln's re-checks (guard_fates.py) both hold. A loaded copy's
-first call skips AOTAutograd's custom-op aliasing debug check, which ran where the graph was compiled.
+first call skips AOTAutograd's custom-op aliasing debug check, which ran where the graph was compiled (the torch
+internals of that live in inductor_cache/scopes.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import guard_fates
+from torchkiln import guard_fates, inductor_cache
 
 __all__ = ["LoadedFunction"]
 
@@ -49,13 +50,8 @@ class LoadedFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._first_call:
             self._first_call = False
-            # AOTAutograd runs a debug check of custom-op aliasing under a Python dispatch mode on a compiled
-            # graph's first call in every process (torch._functorch.config.check_custom_op_aliasing): ~1 s of
-            # a ~5 s CPU hit on the demo model. The graph is the one the compiling process built and ran with the
-            # check on, so a loaded copy skips it for its first call only.
-            import torch._functorch.config as functorch_config
-
-            if hasattr(functorch_config, "check_custom_op_aliasing"):  # absent on torch 2.10
-                with functorch_config.patch(check_custom_op_aliasing=False):
-                    return self.function(*args, **kwargs)
+            # The compiling process ran this graph with AOTAutograd's custom-op aliasing check on (~1 s of a ~5 s
+            # CPU hit): a loaded copy skips it for its first call only.
+            with inductor_cache.without_custom_op_aliasing_check():
+                return self.function(*args, **kwargs)
         return self.function(*args, **kwargs)

@@ -21,13 +21,13 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import filelock
 
+from torchkiln import atomic_files
 from torchkiln.errors import StoreError
 from torchkiln.layout import VERSION_DIR
 from torchkiln.store.base import ARTIFACT_SUFFIX, KEY_RE, StoreEntry, check_key, is_variant_of
@@ -48,10 +48,6 @@ TEMP_GRACE_S = 3600.0
 _TEMP_PREFIX = ".tmp-"
 _TEMP_SUFFIX = ".part"
 _LOCKS_DIR = "locks"
-# os.write may write fewer bytes than asked (Linux caps one call near 2 GiB), so writes go in bounded chunks.
-_CHUNK = 1 << 20
-# errnos with which a filesystem says "no hard links here" (some FUSE, SMB and FAT mounts).
-_NO_HARDLINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV})
 _UNWRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -95,27 +91,6 @@ def _check_private_dir(path: Path) -> None:
             where=str(path),
             fix=f"run `chmod go-w {path}`, or set TORCHKILN_CACHE to a private directory",
         )
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    offset = 0
-    while offset < len(data):
-        offset += os.write(fd, data[offset : offset + _CHUNK])
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the new directory entry durable: a crash after put() returns cannot lose the artifact's name."""
-    if sys.platform == "win32":  # no directory handles to fsync; NTFS journals the new name itself
-        return
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some filesystems (and Windows) refuse fsync on a directory; the data itself is already synced.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 class LocalStore:
@@ -193,52 +168,18 @@ class LocalStore:
         path = self._path(key)
         try:
             self._prepare(create=True)
-            if path.exists():  # cheap early answer; the link below is what actually enforces write-once
+            if path.exists():  # cheap early answer; create_new's link is what actually enforces write-once
                 return False
-            fd, tmp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=self.dir)
         except StoreError:
             raise
         except OSError as exc:
             raise self._error("cannot write to the cache", exc, key) from exc
-        tmp = Path(tmp_name)
         try:
-            try:
-                _write_all(fd, memoryview(data).cast("B"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            published = self._publish(tmp, path)
-            if published:
-                _fsync_dir(self.dir)
-            return published
+            # Durable (fsync'ed file and directory), mode 0600; the temp name is hidden from list() and removed by
+            # gc once a dead writer's file is older than TEMP_GRACE_S.
+            return atomic_files.create_new(path, data, temp_prefix=_TEMP_PREFIX, temp_suffix=_TEMP_SUFFIX)
         except OSError as exc:
             raise self._error("cannot write the artifact", exc, key) from exc
-        finally:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError as exc:  # gc removes it after TEMP_GRACE_S; the put's own outcome stands
-                _log.debug("could not remove temp file %s: %s", tmp, exc)
-
-    @staticmethod
-    def _publish(tmp: Path, path: Path) -> bool:
-        """Give the fully written temp file its final name, unless that name exists (write-once)."""
-        try:
-            # link() fails with EEXIST instead of replacing, atomically: exactly one of N racing writers wins,
-            # and a reader sees either no file or the complete one.
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in _NO_HARDLINKS:
-                raise
-        # No hard links on this filesystem. rename() cannot refuse to replace, so check first: a writer racing
-        # through this window replaces one complete artifact of the key by another complete one, never by a
-        # partial one.
-        if path.exists():
-            return False
-        tmp.replace(path)
-        return True
 
     def delete(self, key: str) -> bool:
         check_key(key, where=self._where(key))

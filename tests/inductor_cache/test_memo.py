@@ -1,4 +1,4 @@
-"""Tests for the install memo of Inductor's source-tree hash (src/torchkiln/inductor_cache.py).
+"""Tests for the install memo of Inductor's source-tree hash (src/torchkiln/inductor_cache/memo.py, identity.py).
 
 What torch computes is asked of torch itself in a fresh process that never imported torchkiln. Install identities
 are exercised on fake torch trees under tmp_path (the real venv is never modified). The hit is real and crosses
@@ -23,7 +23,8 @@ import torch
 
 from helpers.procs import HELPERS, child_env, parse_result, run_child, run_script
 from torchkiln import inductor_cache
-from torchkiln.inductor_cache import InstallIdentity, install_identity, memo_path, read_memo, write_memo
+from torchkiln.inductor_cache import InstallIdentity, identity, install_identity, memo_path, read_memo, write_memo
+from torchkiln.inductor_cache import memo as memo_module
 
 OLD_NS = 1_600_000_000 * 10**9  # files of a fake install were written long ago (2020), like a real one
 
@@ -69,7 +70,7 @@ def torch_computes(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def fresh_report(monkeypatch: pytest.MonkeyPatch) -> None:
     """prime_torch_key runs once per process: let each test start over."""
-    monkeypatch.setattr(inductor_cache, "_report", None)
+    monkeypatch.setattr(memo_module, "_report", None)
 
 
 def _torch_dir() -> str:
@@ -195,9 +196,9 @@ def test_identity_covers_every_file_torch_key_reads(tmp_path: Path) -> None:
     hashed = [p for p in opened if p.startswith(root + os.sep)]
     assert len(hashed) > 1000  # torch's sources, not just a few files
     lines: list[str] = []
-    inductor_cache._walk(_torch_dir(), "", lines, [0], set())
+    identity._walk(_torch_dir(), "", lines, [0], set())
     walked = {os.path.realpath(Path(_torch_dir(), line.split("\0")[0])) for line in lines}
-    walked |= {os.path.realpath(Path(_torch_dir(), "_inductor", x)) for x in inductor_cache._INDUCTOR_EXTRA_FILES}
+    walked |= {os.path.realpath(Path(_torch_dir(), "_inductor", x)) for x in identity._INDUCTOR_EXTRA_FILES}
     assert sorted(set(hashed) - walked) == []
 
 
@@ -233,7 +234,7 @@ def _reseal(path: Path, **changes: Any) -> None:
     memo = json.loads(path.read_text())
     memo.update(changes)
     memo.pop("sha256")
-    memo["sha256"] = inductor_cache._checksum(memo)
+    memo["sha256"] = memo_module._checksum(memo)
     path.write_text(json.dumps(memo))
 
 
@@ -250,7 +251,7 @@ CORRUPTIONS = {
     "another format": lambda p: _reseal(p, format=99),
     "value not hex": lambda p: _reseal(p, values={"torch_key": "z" * 64}),
     "value too short": lambda p: _reseal(p, values={"torch_key": "ab"}),
-    "oversized": lambda p: p.write_bytes(b" " * (inductor_cache._MAX_MEMO_BYTES + 1)),
+    "oversized": lambda p: p.write_bytes(b" " * (memo_module._MAX_MEMO_BYTES + 1)),
     "group-writable": lambda p: p.chmod(0o620),
 }
 
@@ -329,7 +330,7 @@ def test_prime_does_not_memoize_racily_clean_files(
     tmp_path: Path, fresh_report: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file changed just before the hash could change again within its timestamp tick: nothing is saved."""
-    monkeypatch.setattr(inductor_cache, "_RACY_NS", 10**20)  # every file counts as just changed
+    monkeypatch.setattr(memo_module, "_RACY_NS", 10**20)  # every file counts as just changed
     report = inductor_cache.prime_torch_key(root=tmp_path)
     assert report.state == "computed"
     assert "last 2 s" in report.detail
@@ -341,7 +342,7 @@ def test_probe_outside_the_range_is_the_plain_path(
 ) -> None:
     from packaging.specifiers import SpecifierSet
 
-    monkeypatch.setattr(inductor_cache, "TORCH_KEY_RANGE", SpecifierSet("<2.0"))
+    monkeypatch.setattr(memo_module, "TORCH_KEY_RANGE", SpecifierSet("<2.0"))
     report = inductor_cache.prime_torch_key(root=tmp_path)
     assert report.state == "unavailable"
     assert "outside" in report.detail
@@ -361,7 +362,7 @@ def test_probe_without_the_hook_is_the_plain_path(
     assert report.state == "unavailable"
     assert "set/clear" in report.detail
     monkeypatch.undo()
-    monkeypatch.setattr(inductor_cache, "_report", None)
+    monkeypatch.setattr(memo_module, "_report", None)
     monkeypatch.delattr(codecache, "_TORCH_PATH")
     assert inductor_cache.prime_torch_key(root=tmp_path).state == "unavailable"
 

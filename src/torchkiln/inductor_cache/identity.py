@@ -19,6 +19,7 @@ __all__ = ["MEMO_FORMAT", "InstallIdentity", "install_identity"]
 MEMO_FORMAT = 1
 _KIND = "torchkiln-install-memo"
 
+#: Inductor's extra hashed files, relative to ``torch/_inductor`` (``torch_key``'s ``extra_files``, 2.11 and 2.13).
 _INDUCTOR_EXTRA_FILES = ("codegen/aoti_runtime/interface.cpp", "script.ld")
 _SUFFIXES = tuple(sorted(set(importlib.machinery.all_suffixes()), key=len, reverse=True))
 
@@ -106,6 +107,3 @@ def install_identity(torch_dir: str | os.PathLike[str], version: str) -> Install
     digest = hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
     files = sum(1 for line in lines if line.count("\0") == 5)
     return InstallIdentity(digest=digest, files=files, newest_change_ns=newest[0])
-
-
-# -- the memo file ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The Inductor/Triton cache scopes: the install memo of Inductor's source-tree hash, ``torch_key()``.
+"""The install memo of Inductor's source-tree hash, ``torch_key()``.
 
 ``torch._inductor.codecache.torch_key()`` hashes every Python module of the installed torch (~2,300 files; 0.13 s
 in a fresh process on the 2-core CPU box, ~0.26 s on a GPU host per issue 12) once per process, when Inductor
@@ -24,7 +24,8 @@ A check costs one ``stat`` per file and one small read.
 
 Reading validates everything: a regular file, not a link, this user's, not group/world-writable, <= 64 KiB, format
 and kind, this install's identity, a 64-hex value, a sha256 over the content; anything else is ignored and
-recomputed (``detail`` says why). Writes are atomic (a 0600 temp file in the 0700 directory, then a rename).
+recomputed (``detail`` says why). Writes are atomic (atomic_files.replace: a 0600 temp file in the 0700 directory,
+fsync'ed, then a rename). The identity itself is computed in identity.py.
 
 Probe, like a forward fix: used only where torch is in :data:`TORCH_KEY_RANGE` and has ``codecache.torch_key`` with
 callable ``set`` and ``clear`` (2.11: ``codecache.torch_key_cache``, whose ``set`` asserts it is empty; 2.13:
@@ -47,7 +48,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,21 +55,12 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
-from torchkiln.install_identity import (  # noqa: F401 - _walk, _INDUCTOR_EXTRA_FILES: tests check the walk here
-    _INDUCTOR_EXTRA_FILES,
-    _KIND,
-    MEMO_FORMAT,
-    InstallIdentity,
-    _walk,
-    install_identity,
-)
+from torchkiln import atomic_files
+from torchkiln.inductor_cache.identity import _KIND, MEMO_FORMAT, InstallIdentity, install_identity
 
 __all__ = [
-    "MEMO_FORMAT",
     "TORCH_KEY_RANGE",
-    "InstallIdentity",
     "MemoReport",
-    "install_identity",
     "memo_dir",
     "memo_path",
     "prime_torch_key",
@@ -87,7 +78,6 @@ _MAX_MEMO_BYTES = 64 * 1024
 _RACY_NS = 2_000_000_000
 
 
-#: Inductor's extra hashed files, relative to ``torch/_inductor`` (``torch_key``'s ``extra_files``, 2.11 and 2.13).
 @dataclasses.dataclass(frozen=True)
 class MemoReport:
     """What :func:`prime_torch_key` did in this process.
@@ -212,16 +202,8 @@ def write_memo(path: Path, identity: InstallIdentity, values: dict[str, str], *,
         "values": dict(values),
     }
     data = json.dumps({**body, "sha256": _checksum(body)}, sort_keys=True, indent=1).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".memo-", suffix=".tmp")  # 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A memo is replaced when the install changes (one file per torch directory); mode 0600 like its directory.
+    atomic_files.replace(path, data, temp_prefix=".memo-", temp_suffix=".tmp")
 
 
 # -- the probe and the cut -------------------------------------------------------------------------------------

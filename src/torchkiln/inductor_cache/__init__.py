@@ -1,0 +1,53 @@
+"""The Inductor/Triton cache owner: the one place outside compiler.py and compat/ that touches torch internals.
+
+Re-exports only. ``memo.py``: the per-install memo of Inductor's source-tree hash ``torch_key()`` (its install
+identity in ``identity.py``). ``scopes.py``: the scopes a compile that records its kernels (``recording``), a load
+that uses them (``loading``, which also owns ``compile_threads``) and a loaded graph's first call run under, and
+where torch keeps its caches (``inductor_cache_dirs``). Importing this package imports no torch.
+"""
+
+from __future__ import annotations
+
+from torchkiln.inductor_cache.identity import MEMO_FORMAT, InstallIdentity, install_identity
+from torchkiln.inductor_cache.memo import (
+    TORCH_KEY_RANGE,
+    MemoReport,
+    memo_dir,
+    memo_path,
+    prime_torch_key,
+    read_memo,
+    report,
+    write_memo,
+)
+from torchkiln.inductor_cache.scopes import (
+    PINNED_SETTINGS,
+    Recorded,
+    Restored,
+    inductor_cache_dirs,
+    loading,
+    recording,
+    without_custom_op_aliasing_check,
+)
+
+__all__ = [
+    # the install memo
+    "MEMO_FORMAT",
+    "TORCH_KEY_RANGE",
+    "InstallIdentity",
+    "MemoReport",
+    "install_identity",
+    "memo_dir",
+    "memo_path",
+    "prime_torch_key",
+    "read_memo",
+    "report",
+    "write_memo",
+    # the scopes
+    "PINNED_SETTINGS",
+    "Recorded",
+    "Restored",
+    "inductor_cache_dirs",
+    "loading",
+    "recording",
+    "without_custom_op_aliasing_check",
+]
