@@ -36,7 +36,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from torchkiln.errors import StoreError
+from torchkiln.errors import LeaseTimeoutError, StoreError
 
 if TYPE_CHECKING:
     from torchkiln.store.remote import RemoteStore
@@ -61,13 +61,6 @@ POLL_INITIAL = 0.1
 #: Waiters poll at most this often apart: each poll costs a LIST (and a GET per claim) on the bucket.
 POLL_MAX = 2.0
 LEASE_SUFFIX = ".lease"
-
-
-class LeaseTimeoutError(StoreError):
-    """Another live claim held the key for the whole timeout: the remote works, it is just busy.
-
-    Callers that can compile anyway (the tiered store) tell this apart from a failing remote.
-    """
 
 
 class LeaseIO(Protocol):
@@ -194,6 +187,9 @@ def acquire_lease(io: LeaseIO, key: str, *, timeout: float, ttl: float = DEFAULT
                 where=io.where(key),
                 fix="raise the lock timeout; if that process is gone, its claim expires after the lease "
                 f"ttl ({ttl:g} s, {ENV_LEASE_TTL}) or can be deleted by hand",
+                timeout=timeout,
+                holder=holder or None,
+                ttl=ttl,
             )
         time.sleep(min(delay * (0.5 + random.random()), remaining))
         delay = min(delay * 2, POLL_MAX)

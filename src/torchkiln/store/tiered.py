@@ -23,9 +23,8 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from torchkiln.errors import RemoteCacheWarning, StoreError, warn
+from torchkiln.errors import LeaseTimeoutError, RemoteCacheWarning, StoreError, warn
 from torchkiln.store.base import Store, StoreEntry, evict_lru
-from torchkiln.store.lease import LeaseTimeoutError
 
 __all__ = [
     "RETRY_AFTER",
