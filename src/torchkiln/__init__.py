@@ -29,7 +29,7 @@ from torchkiln.errors import (
 )
 
 if TYPE_CHECKING:
-    from torchkiln.compat.registry import FixStatus
+    from torchkiln.compat.fix import FixStatus
 
 
 def fixes() -> list[FixStatus]:
