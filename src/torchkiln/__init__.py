@@ -17,6 +17,7 @@ from torchkiln.errors import (
     ConfigError,
     IncompatibleArtifactError,
     InvalidTargetError,
+    LeaseTimeoutError,
     RemoteCacheWarning,
     StaleArtifactError,
     StoreError,
@@ -28,7 +29,7 @@ from torchkiln.errors import (
 )
 
 if TYPE_CHECKING:
-    from torchkiln.compat.registry import FixStatus
+    from torchkiln.compat.fix import FixStatus
 
 
 def fixes() -> list[FixStatus]:
@@ -59,6 +60,7 @@ __all__ = [
     "CompileError",
     "IncompatibleArtifactError",
     "InvalidTargetError",
+    "LeaseTimeoutError",
     "StaleArtifactError",
     "StoreError",
     "TorchkilnError",

@@ -142,3 +142,35 @@ def warn(message: str, category: type[Warning] = TorchkilnWarning) -> None:
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     warnings.warn(message, category, stacklevel=level)
+
+
+class LeaseTimeoutError(StoreError, TimeoutError):
+    """Another live claim held a key's compile lease for the whole wait: the remote works, it is just busy.
+
+    A ``StoreError`` (the remote could not give us the lease) and a ``TimeoutError`` (only the wait ran out), so
+    callers that can compile anyway (the tiered store) tell it apart from a failing remote. Fields: ``timeout``
+    (seconds waited), ``holder`` (the owner the live claim names: host, pid, ranks) and ``ttl`` (seconds after
+    which that claim expires unless its holder renews it).
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        where: str | None = None,
+        fix: str | None = None,
+        timeout: float | None = None,
+        holder: str | None = None,
+        ttl: float | None = None,
+    ) -> None:
+        super().__init__(what, where=where, fix=fix)
+        self.timeout = timeout
+        self.holder = holder
+        self.ttl = ttl
+
+    def _fields(self) -> dict[str, Any]:
+        return {**super()._fields(), "timeout": self.timeout, "holder": self.holder, "ttl": self.ttl}
+
+
+# Appended with its class, so the export and the error stay one block.
+__all__ += ["LeaseTimeoutError"]

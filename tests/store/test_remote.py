@@ -37,12 +37,12 @@ def test_layout_and_listing_ignore_leases(s3_url: str) -> None:
     store = RemoteStore(s3_url)
     assert store.put("model-1", b"abc") is True
     with store.lock("model-2", timeout=5):
-        claims = store._fs.ls(f"{store.root}/leases/model-2")
+        claims = store.objects.fs.ls(f"{store.root}/leases/model-2")
         assert len(claims) == 1 and claims[0].endswith(".lease")
         assert [e.key for e in store.list()] == ["model-1"]
     bucket_path = s3_url.removeprefix("s3://")
-    assert store._fs.cat_file(f"{bucket_path}/v1/model-1.tkln") == b"abc"
-    assert store._fs.glob(f"{store.root}/leases/model-2/*") == []  # released
+    assert store.objects.fs.cat_file(f"{bucket_path}/v1/model-1.tkln") == b"abc"
+    assert store.objects.fs.glob(f"{store.root}/leases/model-2/*") == []  # released
 
 
 def test_timeout_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

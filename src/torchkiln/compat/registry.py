@@ -7,86 +7,131 @@ the bug on a tiny function. A fix whose target names do not exist on the running
 unguarded import). Nothing is patched when torchkiln is imported: ``apply_fixes()`` does it, explicitly and
 idempotently; ``torchkiln.compile`` calls it on the compile path only (every fix here repairs what torch *saves*,
 so the load path needs none of them).
+
+The table is discovered, not listed: every module in compat/fixes/ whose name does not start with ``_`` is a fix
+and exposes its ``Fix`` record (compat/fix.py) as the module-level ``FIX``, so adding a fix is adding a file. The
+table is ordered by each record's ``order``, then ``id``, the same in every process. A fix module that fails to
+import, or has no ``FIX``, is listed as ``broken`` with the reason: it never stops the other fixes, and nothing
+raises ImportError at probe or apply time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import functools
+import importlib
 import logging
+import pkgutil
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from packaging.specifiers import SpecifierSet
 
+from torchkiln.compat.fix import Fix, FixState, FixStatus
 from torchkiln.compat.versions import in_range, torch_version
 from torchkiln.errors import UnknownFixError
 
-__all__ = ["Fix", "FixState", "FixStatus", "apply_fixes", "compile_scope", "fixes", "get_fix", "status"]
+__all__ = [
+    "FIXES_PACKAGE",
+    "BrokenFix",
+    "Fix",
+    "FixState",
+    "FixStatus",
+    "apply_fixes",
+    "compile_scope",
+    "discover",
+    "fixes",
+    "get_fix",
+    "status",
+]
 
 log = logging.getLogger("torchkiln.compat")
 
-
-class FixState(str, enum.Enum):
-    NOT_APPLICABLE = "not-applicable"  # torch lacks the names the fix touches (e.g. torch 2.9's CaptureOutput)
-    NOT_NEEDED = "not-needed"  # outside the affected range, or the probe shows no bug on this torch
-    NEEDED = "needed"  # the probe shows the bug and the fix is not applied
-    APPLIED = "applied"  # the fix is active in this process
-
-
-@dataclasses.dataclass(frozen=True)
-class Fix:
-    """One forward fix. ``probe`` returns True when the running torch shows the bug (it runs torch for real)."""
-
-    id: str
-    title: str
-    upstream: str
-    affected: SpecifierSet
-    fixed_in: str | None  # the torch release that fixed it upstream, None while upstream has not
-    touches: tuple[str, ...]  # the torch names the fix patches or reads, for doctor and the docs
-    targets_exist: Callable[[], bool]
-    probe: Callable[[], bool]
-    apply: Callable[[], None]
-    revert: Callable[[], None]
-    is_applied: Callable[[], bool]
-    #: context entered around torchkiln's own torch.compile call only (for fixes that must not be global)
-    scope: Callable[[], contextlib.AbstractContextManager[None]] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class FixStatus:
-    id: str
-    title: str
-    upstream: str
-    affected: str
-    fixed_in: str | None
-    touches: tuple[str, ...]
-    state: FixState
-    detail: str
-    #: the probe raised: the state is an assumption (doctor treats it as a failed check)
-    probe_failed: bool = False
-
-    def to_dict(self) -> dict[str, object]:
-        data = dataclasses.asdict(self)
-        data["state"] = self.state.value
-        data["touches"] = list(self.touches)
-        return data
-
+#: The package whose modules are the fixes (``discover`` reads it; tests point ``discover`` elsewhere).
+FIXES_PACKAGE = "torchkiln.compat.fixes"
 
 _LOCK = threading.Lock()
 #: ids of fixes whose probe raised in this process (their state is an assumption)
 _FAILED_PROBES: set[str] = set()
 
 
+def _nothing() -> None:
+    """Apply and revert of a broken fix: it patches nothing."""
+
+
+def _no() -> bool:
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokenFix(Fix):
+    """The registry's stand-in for a fix module that could not be loaded; ``reason`` says why.
+
+    It touches nothing: its targets never exist, applying and reverting it do nothing, and its state is
+    ``broken``. Its id is the module's name with dashes (``my_fix.py`` -> ``my-fix``), the convention of the fixes.
+    """
+
+    reason: str = ""
+
+
+def _broken(module: str, reason: str, taken: set[str]) -> BrokenFix:
+    short = module.rsplit(".", 1)[-1]
+    fix_id = short.replace("_", "-")
+    log.warning("forward fix module %s is broken (%s); it is reported as broken and never applied", module, reason)
+    return BrokenFix(
+        id=fix_id if fix_id not in taken else module,
+        title=f"the fix module {module} could not be loaded",
+        upstream="unknown (the fix module did not load)",
+        affected=SpecifierSet(),
+        fixed_in=None,
+        touches=(),
+        targets_exist=_no,
+        probe=_no,
+        apply=_nothing,
+        revert=_nothing,
+        is_applied=_no,
+        reason=reason,
+    )
+
+
+def discover(package: str = FIXES_PACKAGE) -> tuple[Fix, ...]:
+    """Every fix in ``package``: one per public module, in application order (``order``, then ``id``).
+
+    Never raises for a fix module: one that fails to import (any exception, a SyntaxError included), lacks a
+    ``FIX`` record or repeats another's id becomes a ``BrokenFix`` naming the cause.
+    """
+    found: list[Fix] = []
+    taken: set[str] = set()
+    # A package that cannot be imported at all is a broken installation, not a broken fix: that one raises.
+    root = importlib.import_module(package)
+    # iter_modules order depends on the file system; sorting by name makes the scan (and the warnings) stable.
+    for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue  # private helpers of the fixes, not fixes
+        module_name = f"{package}.{info.name}"
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # a fix that cannot import must not break the others (DESIGN.md §6)
+            record: Fix = _broken(module_name, f"import failed: {type(exc).__name__}: {exc}", taken)
+        else:
+            candidate = getattr(module, "FIX", None)
+            if not isinstance(candidate, Fix):
+                record = _broken(module_name, "the module defines no FIX (a torchkiln.compat.fix.Fix)", taken)
+            elif candidate.id in taken:
+                record = _broken(module_name, f"its FIX repeats the id {candidate.id!r} of another fix", taken)
+            else:
+                record = candidate
+        taken.add(record.id)
+        found.append(record)
+    return tuple(sorted(found, key=lambda fix: (fix.order, fix.id)))
+
+
 @functools.cache
 def _all_fixes() -> tuple[Fix, ...]:
-    # Imported here, not at module import: the fix modules import torch internals lazily themselves, and
-    # building the table must stay cheap for `torchkiln doctor`.
-    from torchkiln.compat.fixes import builtins_runtime_env, enable_aot_compile, guard_state_singletons, module_globals
-
-    return (enable_aot_compile.FIX, builtins_runtime_env.FIX, module_globals.FIX, guard_state_singletons.FIX)
+    # Discovered on first use, not at module import: the fix modules import torch internals lazily themselves,
+    # and building the table must stay cheap for `torchkiln doctor`.
+    return discover()
 
 
 def fixes() -> tuple[Fix, ...]:
@@ -124,6 +169,9 @@ def _probe(fix_id: str) -> tuple[bool, str, bool]:
 
 def status(fix_id: str) -> FixStatus:
     fix = get_fix(fix_id)
+    if isinstance(fix, BrokenFix):
+        # Nothing can be probed: the bug may be present and unfixed, so doctor must count it as a failed check.
+        return FixStatus(fix.id, fix.title, fix.upstream, "unknown", None, (), FixState.BROKEN, fix.reason, True)
 
     def make(state: FixState, detail: str, probe_failed: bool = False) -> FixStatus:
         return FixStatus(

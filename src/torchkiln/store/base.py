@@ -13,6 +13,10 @@ turns that into a miss. The contract, enforced for every backend by tests/store/
   validation facts differ (an inlined helper module of another version, a module global with another value, a
   CPU with other extensions). They coexist; a load picks the one that fits, ``gc`` ages them out like any other.
 - Every failure is a ``StoreError`` (an ``OSError``) that names the store and the key.
+
+A store that can also carry the fleet-wide compile lease (lease.py) offers ``Leasable``: claim objects beside
+its artifacts. The lease depends on that protocol only, never on a backend, so any store with read-after-write
+consistent listings can hold it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "ARTIFACT_SUFFIX",
     "INSTALL_HINTS",
     "KEY_RE",
+    "Leasable",
     "Store",
     "StoreEntry",
     "check_key",
@@ -111,6 +116,43 @@ class Store(Protocol):
 
     def gc(self, max_size: int) -> builtins.list[str]:
         """Evict least recently used artifacts until the total size is at most ``max_size`` bytes."""
+        ...
+
+
+@runtime_checkable
+class Leasable(Protocol):
+    """What a store offers so that lease.py can run the fleet-wide compile lease on it (RemoteStore does).
+
+    A claim is a small object beside the store's artifacts, named by the artifact key and a random token; its
+    body is lease.py's business. Listings must be read-after-write consistent (a claim just written is listed).
+    Every call is bounded by the store's own timeout and fails with ``StoreError``, except ``delete_claim``: it
+    is best effort, because a claim left behind expires on its own after ``lease_ttl`` seconds.
+    """
+
+    url: str
+    #: seconds a claim stays valid without renewal (the holder renews every third of it)
+    lease_ttl: float
+
+    def exists(self, key: str) -> bool:
+        """The artifact for ``key`` is published (then there is nothing to compile)."""
+        ...
+
+    def claims_where(self, key: str) -> str:
+        """Where ``key``'s claims live, for messages (a URL a user can look at)."""
+        ...
+
+    def write_claim(self, key: str, token: str, body: bytes) -> None:
+        """Create or overwrite the claim ``token`` of ``key``."""
+        ...
+
+    def claim_exists(self, key: str, token: str) -> bool: ...
+
+    def read_claims(self, key: str) -> dict[str, bytes]:
+        """token -> body of every claim of ``key``; a claim deleted meanwhile is simply absent."""
+        ...
+
+    def delete_claim(self, key: str, token: str) -> None:
+        """Remove the claim if it is there; never raises."""
         ...
 
 

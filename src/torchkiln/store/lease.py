@@ -1,8 +1,9 @@
 """The fleet-wide compile lease: one compile per key across machines, on plain object storage.
 
-Owns the claim protocol, its expiry and renewal, and the waiting policy. It needs no conditional writes, so it
-works on any S3-compatible server, GCS, Azure and plain files; it needs read-after-write consistent listings,
-which S3 (since 2020), GCS, Azure, MinIO and local files give.
+Owns the claim protocol, its expiry and renewal, and the waiting policy. It runs on any ``Leasable`` store
+(store/base.py: claim objects beside the artifacts; RemoteStore provides them through store/objects.py) and
+knows no backend. It needs no conditional writes, so it works on any S3-compatible server, GCS, Azure and plain
+files; it needs read-after-write consistent listings, which S3 (since 2020), GCS, Azure, MinIO and local files give.
 
 Protocol, for a key K (objects ``leases/K/<token>.lease``, body: JSON with the owner and ``expires_at``):
 
@@ -34,21 +35,20 @@ import secrets
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from torchkiln.errors import StoreError
-
-if TYPE_CHECKING:
-    from torchkiln.store.remote import RemoteStore
+from torchkiln.errors import LeaseTimeoutError, StoreError
+from torchkiln.store.base import Leasable
 
 __all__ = [
     "DEFAULT_TTL",
     "ENV_LEASE_TTL",
+    "LEASE_SUFFIX",
     "Lease",
-    "LeaseIO",
     "LeaseTimeoutError",
-    "ObjectLeaseIO",
     "acquire_lease",
+    "hold_lease",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,30 +60,8 @@ DEFAULT_TTL = 60.0
 POLL_INITIAL = 0.1
 #: Waiters poll at most this often apart: each poll costs a LIST (and a GET per claim) on the bucket.
 POLL_MAX = 2.0
+#: The name ending of a claim object (``<token>.lease``), for stores that keep claims as objects.
 LEASE_SUFFIX = ".lease"
-
-
-class LeaseTimeoutError(StoreError):
-    """Another live claim held the key for the whole timeout: the remote works, it is just busy.
-
-    Callers that can compile anyway (the tiered store) tell this apart from a failing remote.
-    """
-
-
-class LeaseIO(Protocol):
-    """The object operations the protocol needs; RemoteStore provides them, bounded by its timeout."""
-
-    def where(self, key: str) -> str: ...
-
-    def artifact_exists(self, key: str) -> bool: ...
-
-    def write_claim(self, key: str, token: str, body: bytes) -> None: ...
-
-    def claim_exists(self, key: str, token: str) -> bool: ...
-
-    def delete_claim(self, key: str, token: str) -> None: ...
-
-    def read_claims(self, key: str) -> dict[str, bytes]: ...
 
 
 def _owner() -> str:
@@ -107,24 +85,24 @@ def _expires_at(body: bytes) -> float:
         return 0.0  # unreadable claims count as dead rather than blocking the key forever
 
 
-def _live_claims(io: LeaseIO, key: str, *, keep: str | None = None) -> dict[str, bytes]:
+def _live_claims(store: Leasable, key: str, *, keep: str | None = None) -> dict[str, bytes]:
     """Live claims of ``key``; dead ones (expired or unreadable) are deleted on the way."""
     now = time.time()
     live = {}
-    for token, body in io.read_claims(key).items():
+    for token, body in store.read_claims(key).items():
         if token == keep or _expires_at(body) >= now:
             live[token] = body
         else:
             log.info("lease for %s: claim %s expired, removing it", key, token)
-            io.delete_claim(key, token)
+            store.delete_claim(key, token)
     return live
 
 
 class Lease:
     """A held claim. Renewed in the background until ``release()``."""
 
-    def __init__(self, io: LeaseIO, key: str, token: str, ttl: float) -> None:
-        self.io, self.key, self.token, self.ttl = io, key, token, ttl
+    def __init__(self, store: Leasable, key: str, token: str, ttl: float) -> None:
+        self.store, self.key, self.token, self.ttl = store, key, token, ttl
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"torchkiln-lease-{key}", daemon=True)
@@ -136,13 +114,13 @@ class Lease:
             renewals += 1
             try:
                 # A claim someone deleted as expired is not resurrected: that process may hold the key now.
-                if not self.io.claim_exists(self.key, self.token):
+                if not self.store.claim_exists(self.key, self.token):
                     self.lost = True
                     log.warning("lease for %s was taken over (renewal came too late)", self.key)
                     return
                 if self._stop.is_set():  # released meanwhile: do not write back a claim release() deleted
                     return
-                self.io.write_claim(self.key, self.token, _body(self.token, self.ttl, renewals))
+                self.store.write_claim(self.key, self.token, _body(self.token, self.ttl, renewals))
             except StoreError as exc:
                 # The remote is failing; the tiered store notices on its next call. Keep trying: a
                 # transient error must not hand the key to a second compiler.
@@ -152,17 +130,17 @@ class Lease:
         self._stop.set()
         self._thread.join(timeout=1.0)
         try:
-            self.io.delete_claim(self.key, self.token)
+            self.store.delete_claim(self.key, self.token)
         except StoreError as exc:
             # Not fatal: the claim expires on its own after ttl seconds.
             log.warning("could not release the lease for %s (%s); it expires in %g s", self.key, exc, self.ttl)
 
 
-def acquire_lease(io: LeaseIO, key: str, *, timeout: float, ttl: float = DEFAULT_TTL) -> Lease | None:
+def acquire_lease(store: Leasable, key: str, *, timeout: float, ttl: float = DEFAULT_TTL) -> Lease | None:
     """Hold the compile lease for ``key``, or return ``None`` once the artifact has been published.
 
-    Raises ``StoreError`` when ``timeout`` seconds pass while another live claim holds the key, and on any
-    remote failure (each remote call is bounded by the store's own timeout).
+    Raises ``LeaseTimeoutError`` when ``timeout`` seconds pass while another live claim holds the key, and
+    ``StoreError`` on any remote failure (each remote call is bounded by the store's own timeout).
     """
     if ttl <= 0:
         raise StoreError(f"lease ttl must be positive, got {ttl!r}", where=ENV_LEASE_TTL)
@@ -171,19 +149,19 @@ def acquire_lease(io: LeaseIO, key: str, *, timeout: float, ttl: float = DEFAULT
     token = f"{int(time.time() * 1000):013d}-{secrets.token_hex(8)}"
     holder = ""
     while True:
-        if io.artifact_exists(key):
+        if store.exists(key):
             return None
-        live = _live_claims(io, key)
+        live = _live_claims(store, key)
         if not live:
-            io.write_claim(key, token, _body(token, ttl, 0))
-            live = _live_claims(io, key, keep=token)
+            store.write_claim(key, token, _body(token, ttl, 0))
+            live = _live_claims(store, key, keep=token)
             if set(live) == {token}:
-                if io.artifact_exists(key):  # published between step 1 and our claim
-                    io.delete_claim(key, token)
+                if store.exists(key):  # published between step 1 and our claim
+                    store.delete_claim(key, token)
                     return None
                 log.debug("lease for %s acquired (%s)", key, token)
-                return Lease(io, key, token, ttl)
-            io.delete_claim(key, token)  # a concurrent claimant: both withdraw, the backoff breaks the tie
+                return Lease(store, key, token, ttl)
+            store.delete_claim(key, token)  # a concurrent claimant: both withdraw, the backoff breaks the tie
             live.pop(token, None)
         if live:
             holder = _describe(next(iter(live.values())))
@@ -191,12 +169,29 @@ def acquire_lease(io: LeaseIO, key: str, *, timeout: float, ttl: float = DEFAULT
         if remaining <= 0:
             raise LeaseTimeoutError(
                 f"timed out after {timeout:g} s waiting for the compile lease held by {holder or 'another'}",
-                where=io.where(key),
+                where=store.claims_where(key),
                 fix="raise the lock timeout; if that process is gone, its claim expires after the lease "
                 f"ttl ({ttl:g} s, {ENV_LEASE_TTL}) or can be deleted by hand",
+                timeout=timeout,
+                holder=holder or None,
+                ttl=ttl,
             )
         time.sleep(min(delay * (0.5 + random.random()), remaining))
         delay = min(delay * 2, POLL_MAX)
+
+
+@contextmanager
+def hold_lease(store: Leasable, key: str, timeout: float) -> Iterator[None]:
+    """The lease for ``key`` with the store's own ``lease_ttl``, held for the ``with`` body.
+
+    Returns early (holding nothing) once the artifact exists: the caller re-reads the store under it.
+    """
+    held = acquire_lease(store, key, timeout=timeout, ttl=store.lease_ttl)
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.release()
 
 
 def _describe(body: bytes) -> str:
@@ -204,48 +199,3 @@ def _describe(body: bytes) -> str:
         return str(json.loads(body).get("owner", "another process"))
     except (ValueError, AttributeError):
         return "another process"
-
-
-class ObjectLeaseIO:
-    """LeaseIO over a RemoteStore's bucket (``<prefix>/v1/leases/<key>/<token>.lease``), every call bounded by
-    the store's timeout like any other remote call."""
-
-    def __init__(self, store: RemoteStore) -> None:
-        self.store = store
-
-    def _dir(self, key: str) -> str:
-        return f"{self.store.root}/leases/{key}"
-
-    def where(self, key: str) -> str:
-        return f"{self.store.url}/{self.store.root.rsplit('/', 1)[-1]}/leases/{key}/"
-
-    def artifact_exists(self, key: str) -> bool:
-        return self.store.exists(key)
-
-    def write_claim(self, key: str, token: str, body: bytes) -> None:
-        path = f"{self._dir(key)}/{token}{LEASE_SUFFIX}"
-        self.store._write("lease write", key, path, body)
-
-    def claim_exists(self, key: str, token: str) -> bool:
-        path = f"{self._dir(key)}/{token}{LEASE_SUFFIX}"
-        return bool(self.store._call("lease check", key, lambda: self.store._fs.exists(path)))
-
-    def delete_claim(self, key: str, token: str) -> None:
-        self.store._delete_quietly(f"{self._dir(key)}/{token}{LEASE_SUFFIX}")
-
-    def read_claims(self, key: str) -> dict[str, bytes]:
-        fs, folder = self.store._fs, self._dir(key)
-        try:
-            names = self.store._call(
-                "lease list", key, lambda: fs.ls(folder, detail=False), answers=(FileNotFoundError,)
-            )
-        except FileNotFoundError:
-            return {}
-        paths = [str(n) for n in names if str(n).endswith(LEASE_SUFFIX)]
-        if not paths:
-            return {}
-        # A claim deleted between the listing and the read is simply gone: on_error="omit" drops it.
-        bodies = self.store._call("lease read", key, lambda: fs.cat(paths, on_error="omit"))
-        if not isinstance(bodies, dict):
-            bodies = {paths[0]: bodies}
-        return {str(p).rsplit("/", 1)[-1][: -len(LEASE_SUFFIX)]: bytes(b) for p, b in bodies.items()}

@@ -23,9 +23,9 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from torchkiln.errors import RemoteCacheWarning, StoreError, warn
-from torchkiln.store.base import Store, StoreEntry, evict_lru
-from torchkiln.store.lease import LeaseTimeoutError
+from torchkiln.errors import LeaseTimeoutError, RemoteCacheWarning, StoreError, warn
+from torchkiln.store.base import Leasable, Store, StoreEntry, evict_lru
+from torchkiln.store.lease import hold_lease
 
 __all__ = [
     "RETRY_AFTER",
@@ -152,10 +152,12 @@ class TieredStore:
         with self.local.lock(key, timeout), ExitStack() as stack:
             if self.remote_available():
                 remaining = max(0.0, timeout - (time.monotonic() - start))
-                # RemoteStore.lease skips its host lock: the local tier's lock already serialises this host.
-                lease = getattr(self.remote, "lease", self.remote.lock)
                 try:
-                    stack.enter_context(lease(key, remaining))
+                    # The lease alone, not RemoteStore.lock: the local tier's lock already serialises this host.
+                    if isinstance(self.remote, Leasable):
+                        stack.enter_context(hold_lease(self.remote, key, remaining))
+                    else:
+                        stack.enter_context(self.remote.lock(key, remaining))
                 except LeaseTimeoutError as exc:
                     warn(
                         f"torchkiln: {exc.what}; compiling here without the fleet lease",

@@ -27,7 +27,7 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 
 from torchkiln.compat import runtime_env_patch
-from torchkiln.compat.registry import Fix
+from torchkiln.compat.fix import Fix
 
 __all__ = ["FIX", "fill_builtin_refs", "safe_builtins_dict"]
 
@@ -80,6 +80,7 @@ def _post_process(capture_output: Any, env: Any) -> None:
 
 FIX_ID = "builtins-runtime-env"
 
+# Second: the first of the two post-processors on runtime_env_patch's shared get_runtime_env wrapper.
 FIX = Fix(
     id=FIX_ID,
     title="aot_compile saves builtins the compiled bytecode loads",
@@ -92,4 +93,5 @@ FIX = Fix(
     apply=lambda: runtime_env_patch.add(FIX_ID, _post_process),
     revert=lambda: runtime_env_patch.remove(FIX_ID),
     is_applied=lambda: runtime_env_patch.has(FIX_ID),
+    order=20,
 )

@@ -21,7 +21,7 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
-from torchkiln.compat.registry import Fix
+from torchkiln.compat.fix import Fix
 
 __all__ = ["FIX"]
 
@@ -68,6 +68,8 @@ def _scope() -> Iterator[None]:
         yield
 
 
+# First: without it torch 2.10/2.11 have no aot_compile at all, so doctor lists it before the fixes that repair
+# what aot_compile saves.
 FIX = Fix(
     id="enable-aot-compile",
     title="torch.compile(...).aot_compile exists for torchkiln's compile",
@@ -81,4 +83,5 @@ FIX = Fix(
     revert=_revert,
     is_applied=lambda: _active,
     scope=_scope,
+    order=10,
 )

@@ -22,16 +22,14 @@ Touches: ``GraphCaptureOutput.get_runtime_env`` (through compat/runtime_env_patc
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
-import types
 from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
 from torchkiln.compat import runtime_env_patch
-from torchkiln.compat.registry import Fix
+from torchkiln.compat.fix import Fix
+from torchkiln.compat.references import saveable_by_reference
 
 __all__ = ["FIX", "MODULE_GLOBAL_RE", "saveable_by_reference"]
 
@@ -39,23 +37,6 @@ __all__ = ["FIX", "MODULE_GLOBAL_RE", "saveable_by_reference"]
 MODULE_GLOBAL_RE = re.compile(r"^___module_.+_\d+_c\d+$")
 
 FIX_ID = "module-globals"
-
-
-def saveable_by_reference(value: Any) -> bool:
-    """True for objects a fresh process can rebuild from a name: modules, and classes/functions at module scope."""
-    if isinstance(value, types.ModuleType):
-        return value.__name__ in sys.modules
-    module_name = getattr(value, "__module__", None)
-    qualname = getattr(value, "__qualname__", None)
-    if not isinstance(module_name, str) or not isinstance(qualname, str) or "<locals>" in qualname:
-        return False
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
-        return False
-    return obj is value
 
 
 def _post_process(capture_output: Any, env: Any) -> None:
@@ -80,6 +61,9 @@ def _probe() -> bool:
     return any(MODULE_GLOBAL_RE.match(ref) for ref in unsaved_runtime_refs(_probe_function, (torch.ones(2),)))
 
 
+# Third: its post-processor joins builtins-runtime-env's on the shared get_runtime_env wrapper and runs after it
+# (runtime_env_patch runs them in the order they were added). The two fill disjoint names, so the order changes
+# no result; it is fixed so the wrapper behaves the same in every process.
 FIX = Fix(
     id=FIX_ID,
     title="aot_compile saves the ___module_* globals Dynamo installs",
@@ -92,4 +76,5 @@ FIX = Fix(
     apply=lambda: runtime_env_patch.add(FIX_ID, _post_process),
     revert=lambda: runtime_env_patch.remove(FIX_ID),
     is_applied=lambda: runtime_env_patch.has(FIX_ID),
+    order=30,
 )
