@@ -108,7 +108,7 @@ def memo_dir(root: Path | None = None) -> Path:
         from torchkiln.store import default_local_root
 
         root = default_local_root()
-    from torchkiln.store import LAYOUT_VERSION
+    from torchkiln.layout import VERSION_DIR as LAYOUT_VERSION
 
     return Path(root) / LAYOUT_VERSION / "memo"
 

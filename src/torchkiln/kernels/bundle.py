@@ -27,6 +27,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from torchkiln.errors import ArtifactCorruptError
+from torchkiln.layout import FORMAT_VERSION
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -44,7 +45,7 @@ __all__ = [
     "encode",
 ]
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = FORMAT_VERSION  # the bundle is a section of the artifact: its layout is the format's
 MANIFEST = "MANIFEST.json"
 #: The cache roots a name may start with (section 9.3): Inductor's cache dir and Triton's.
 ROOTS = ("inductor", "triton")

@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from torchkiln import settings
 from torchkiln.errors import LeaseTimeoutError, StoreError
 from torchkiln.store.base import Leasable
 
@@ -53,10 +54,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ENV_LEASE_TTL = "TORCHKILN_LEASE_TTL"
+ENV_LEASE_TTL = settings.ENV_LEASE_TTL
 #: Seconds a claim stays valid without renewal: long enough to ride out a GC pause or a slow request,
-#: short enough that a dead compiler delays the fleet by about a minute.
-DEFAULT_TTL = 60.0
+#: short enough that a dead compiler delays the fleet by about a minute (settings.py owns the value).
+DEFAULT_TTL = settings.DEFAULT_LEASE_TTL
 POLL_INITIAL = 0.1
 #: Waiters poll at most this often apart: each poll costs a LIST (and a GET per claim) on the bucket.
 POLL_MAX = 2.0

@@ -26,52 +26,31 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import os
 import secrets
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from torchkiln import settings
 from torchkiln.errors import StoreError
+from torchkiln.layout import VERSION_DIR
 from torchkiln.store.base import ARTIFACT_SUFFIX, StoreEntry, check_key, evict_lru, is_variant_of
-from torchkiln.store.lease import DEFAULT_TTL, ENV_LEASE_TTL, LEASE_SUFFIX, hold_lease
+from torchkiln.store.lease import LEASE_SUFFIX, hold_lease
 from torchkiln.store.objects import BoundedFS, open_filesystem
 
 __all__ = ["DEFAULT_TIMEOUT", "ENV_TIMEOUT", "RemoteStore", "remote_timeout"]
 
-ENV_TIMEOUT = "TORCHKILN_REMOTE_TIMEOUT"
+ENV_TIMEOUT = settings.ENV_REMOTE_TIMEOUT
 #: The issue asks for a bounded wait of at most 30 s before a local compile takes over.
-DEFAULT_TIMEOUT = 30.0
-FORMAT_DIR = "v1"
+DEFAULT_TIMEOUT = settings.DEFAULT_REMOTE_TIMEOUT
 
 
 def remote_timeout(value: float | None = None) -> float:
-    """The per-call deadline in seconds: ``value``, else ``TORCHKILN_REMOTE_TIMEOUT``, else 30 s."""
+    """The per-call deadline in seconds: ``value``, else ``TORCHKILN_REMOTE_TIMEOUT`` (settings.py), else 30 s."""
     if value is not None:
         return float(value)
-    raw = os.environ.get(ENV_TIMEOUT)
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if seconds <= 0:
-        raise StoreError(
-            f"{ENV_TIMEOUT}={raw!r} is not a positive number of seconds",
-            where=ENV_TIMEOUT,
-            fix=f"set {ENV_TIMEOUT} to e.g. 10, or unset it for the default of {DEFAULT_TIMEOUT:g} s",
-        )
-    return seconds
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        return default
+    return settings.current().remote_timeout
 
 
 class RemoteStore:
@@ -88,11 +67,11 @@ class RemoteStore:
         self.url = url.rstrip("/")
         self._options = dict(storage_options)
         self.timeout = remote_timeout(timeout)
-        self.lease_ttl = float(lease_ttl) if lease_ttl is not None else _env_float(ENV_LEASE_TTL, DEFAULT_TTL)
+        self.lease_ttl = float(lease_ttl) if lease_ttl is not None else settings.current().lease_ttl
         fs, prefix = open_filesystem(self.url, self.timeout, storage_options)
         #: every call this store makes, bounded by ``timeout`` (``objects.fs`` is the fsspec filesystem)
         self.objects = BoundedFS(fs, url=self.url, timeout=self.timeout, timeout_setting=ENV_TIMEOUT)
-        self.root = f"{prefix}/{FORMAT_DIR}"
+        self.root = f"{prefix}/{VERSION_DIR}"
 
     def __repr__(self) -> str:
         return f"RemoteStore({self.url!r}, timeout={self.timeout:g})"
@@ -188,7 +167,7 @@ class RemoteStore:
 
     # -- Leasable: claims are objects <root>/leases/<key>/<token>.lease ---------------------------------
     def claims_where(self, key: str) -> str:
-        return f"{self.url}/{FORMAT_DIR}/leases/{key}/"
+        return f"{self.url}/{VERSION_DIR}/leases/{key}/"
 
     def write_claim(self, key: str, token: str, body: bytes) -> None:
         self.objects.put(self._claim_path(key, token), body, key=key, what="lease write")
