@@ -100,7 +100,7 @@ def test_a_bucket_that_does_not_answer_fails_the_command(
 
 
 def test_gc_reports_each_tier(bucket: tuple[str, str, str]) -> None:
-    url, first, second = bucket
+    url, first, _ = bucket
     rc, report, _ = cli("gc", "--max-size", "0", "--cache", url, "--tier", "local", "--json")
     assert rc == 0
     (local,) = report["tiers"]
