@@ -386,5 +386,5 @@ def compile(
         strict=strict,
         config=config,
     )
-    module._resolve(args, kwargs)
+    module._resolve(args, kwargs)  # noqa: SLF001 - the eager form resolves its first specialization here
     return module

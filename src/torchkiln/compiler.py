@@ -192,7 +192,7 @@ def compile_target(
     save_error: str | None = None
     try:
         payload = _serialize(compiled)
-    except Exception as exc:  # the compiled function still works in this process; the caller decides
+    except Exception as exc:  # noqa: BLE001 - the compiled function still works in this process; the caller decides
         save_error = exception_reason(exc)
     seconds["serialize"] = time.perf_counter() - start
     roots = _self_check_guards(
@@ -318,6 +318,6 @@ def check_loadable(payload: bytes, *, is_module: bool, target: Any) -> str | Non
     """
     try:
         load(payload, is_module=is_module, target=target)
-    except Exception as exc:  # the reason is the result: the caller reports it and does not publish
+    except Exception as exc:  # noqa: BLE001 - the reason is the result: the caller reports it and does not publish
         return exception_reason(exc)
     return None

@@ -214,12 +214,12 @@ def _describe_module(module: Any) -> dict[str, Any]:
             else {"tied_to": first_path[id(p)]}
             if first_path.get(id(p), prefix + n) != prefix + n
             else [list(p.shape), str(p.dtype), str(p.device), bool(p.requires_grad)]
-            for n, p in sub._parameters.items()
+            for n, p in sub._parameters.items()  # noqa: SLF001 - nn.Module's own registry, None placeholders included
         }
         not_persistent: set[str] = getattr(sub, "_non_persistent_buffers_set", set())
         buffers = {
             n: None if b is None else [list(b.shape), str(b.dtype), str(b.device), n not in not_persistent]
-            for n, b in sub._buffers.items()
+            for n, b in sub._buffers.items()  # noqa: SLF001 - nn.Module's own registry, None placeholders included
         }
         hooks = {  # hooks run inside the traced call: another hook is another graph
             h: [qualname(f) for f in getattr(sub, f"_{h}").values()]

@@ -135,7 +135,7 @@ def warn(message: str, category: type[Warning] = TorchkilnWarning) -> None:
     Python 3.12's ``skip_file_prefixes`` does this; 3.11 needs the walk.
     """
     level = 1
-    frame = sys._getframe(0)  # this function: stacklevel 1
+    frame = sys._getframe(0)  # noqa: SLF001 - this function: stacklevel 1
     while frame is not None and (
         frame.f_code.co_filename.startswith(_PACKAGE_DIR) or frame.f_code.co_filename.endswith(_DISPATCH_FILES)
     ):

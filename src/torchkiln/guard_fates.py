@@ -175,9 +175,9 @@ class Rechecker:
         self, f_globals: Mapping[str, Any], f_locals: Mapping[str, Any] | None, *, scope: str | None = None
     ) -> list[str]:
         """Every re-checked guard (of ``scope``, or all) whose value here differs from the recorded one."""
-        return [reason for _, reason in self._mismatch_pairs(f_globals, f_locals, scope=scope)]
+        return [reason for _, reason in self.mismatch_pairs(f_globals, f_locals, scope=scope)]
 
-    def _mismatch_pairs(
+    def mismatch_pairs(
         self,
         f_globals: Mapping[str, Any],
         f_locals: Mapping[str, Any] | None,
@@ -192,7 +192,7 @@ class Rechecker:
                 continue
             try:
                 value = _evaluate(record.name, namespace, f_locals)
-            except Exception as exc:  # the name does not resolve here: the guard cannot hold
+            except Exception as exc:  # noqa: BLE001 - the name does not resolve here: the guard cannot hold
                 reasons.append((record, f"{record.name}: cannot be evaluated here ({type(exc).__name__}: {exc})"))
                 continue
             found = describe(record.guard_type, value, (record.check or {}).get("member"))
@@ -213,7 +213,7 @@ class Rechecker:
                 if not isinstance(v, _PER_CALL_TYPES) and not type(v).__module__.startswith("torch")
             )
             if frame not in self._once_seen:
-                if self._mismatch_pairs(f_globals, f_locals, records=self._once):
+                if self.mismatch_pairs(f_globals, f_locals, records=self._once):
                     return False
                 if len(self._once_seen) < 64:
                     self._once_seen.add(frame)
@@ -223,9 +223,9 @@ class Rechecker:
             try:
                 if self._fast(f_globals, f_locals, self._bound):
                     return True
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure to compare is "no match"
                 pass
-        if self._mismatch_pairs(f_globals, f_locals, records=self._per_call):
+        if self.mismatch_pairs(f_globals, f_locals, records=self._per_call):
             return False
         self._bind(f_globals, f_locals)
         return True
@@ -362,7 +362,7 @@ class FatePlanner:
         used = guard_roots(self.records)
         portable = {k: v for k, v in f_globals.items() if k not in used or k in roots or k in loader_globals}
         checker = Rechecker(tuple(r for r in self.records if r.fate == "re-checked"), roots)
-        failing = {id(record): reason for record, reason in checker._mismatch_pairs(portable, f_locals)}
+        failing = {id(record): reason for record, reason in checker.mismatch_pairs(portable, f_locals)}
         self.records = [
             dataclasses.replace(r, fate="unfated", check=None, why=f"{r.why}; {failing[id(r)]}")
             if id(r) in failing

@@ -100,7 +100,7 @@ def _fixes() -> tuple[list[dict[str, Any]], list[str]]:
     problems: list[str] = []
     try:
         after = compat.apply_fixes()
-    except Exception as exc:  # a fix's apply() broke on this torch: report it, do not hide the rest
+    except Exception as exc:  # noqa: BLE001 - a fix's apply() broke on this torch: report it, do not hide the rest
         problems.append(f"applying the fixes failed ({type(exc).__name__}: {exc})")
         after = [compat.status(fix.id) for fix in compat.fixes()]
     problems += fix_problems(before, after)

@@ -112,7 +112,7 @@ def discover(package: str = FIXES_PACKAGE) -> tuple[Fix, ...]:
         module_name = f"{package}.{info.name}"
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:  # a fix that cannot import must not break the others (DESIGN.md §6)
+        except Exception as exc:  # noqa: BLE001 - a fix that cannot import must not break the others (DESIGN.md §6)
             record: Fix = _broken(module_name, f"import failed: {type(exc).__name__}: {exc}", taken)
         else:
             candidate = getattr(module, "FIX", None)
@@ -157,7 +157,7 @@ def _probe(fix_id: str) -> tuple[bool, str, bool]:
     fix = get_fix(fix_id)
     try:
         present = fix.probe()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a probe that cannot run is reported, never raised
         # A probe that cannot run proves nothing. Inside the affected range the conservative answer is "needed":
         # every fix here only adds what a save would otherwise lack, so applying it where the bug is absent is a
         # no-op, while skipping it where the bug lives breaks every load.

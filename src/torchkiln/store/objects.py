@@ -41,7 +41,7 @@ def run_bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
     def target() -> None:
         try:
             box["value"] = fn()
-        except BaseException as exc:  # re-raised in the caller's thread below
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
             box["error"] = exc
         finally:
             done.set()

@@ -40,7 +40,7 @@ def safe_builtins_dict(builtins_dict: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in builtins_dict.items():
         try:
             pickle.dumps(value)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure to pickle means "not saveable"
             continue
         result[name] = value
     return result
