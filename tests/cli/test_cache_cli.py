@@ -23,6 +23,7 @@ import torch
 
 from torchkiln.cli import main
 from torchkiln.cli._cachelib import UsageError, parse_size
+from torchkiln.errors import StoreError
 from torchkiln.store import LocalStore
 
 _ENV_CLEARED = ("TORCHKILN_CACHE", "TORCHKILN_SIGNING_KEY", "TORCHKILN_SIGNING_KEY_FILE", "TORCHKILN_STRICT")
@@ -379,3 +380,21 @@ def test_tier_option_on_a_local_cache(built: Built) -> None:
     assert cli("ls", "--cache", str(built.cache), "--tier", "local").rc == 0
     bad = cli("ls", "--cache", str(built.cache), "--tier", "remote")
     assert bad.rc == 2 and "has no remote tier" in bad.err
+
+
+def test_a_prewarm_that_cannot_publish_fails_before_it_compiles(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # group/world-writable: torchkiln refuses to publish there
+    result = cli("compile", *MODEL, "--cache", str(shared))
+    assert result.rc == 1, result.err
+    assert "group or others" in result.err or "not private" in result.err or "chmod" in result.err, result.err
+    assert "compiling" not in result.err  # no compile started (progress announces every compile)
+    assert not list(shared.rglob("*.tkln"))
+
+
+def test_check_writable_refuses_a_full_disk(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "cache")
+    store.check_writable()  # a fresh private directory is fine
+    with pytest.raises(StoreError, match="MiB free"):
+        store.check_writable(need_bytes=1 << 62)

@@ -17,7 +17,7 @@ from torchkiln.cli._cachelib import UsageError
 from torchkiln.errors import StoreError
 from torchkiln.store import LocalStore, Store, open_store
 
-__all__ = ["TIER_NAMES", "Tier", "select_tiers"]
+__all__ = ["TIER_NAMES", "Tier", "select_tiers", "tiers_of"]
 
 TIER_NAMES = ("local", "remote")
 
@@ -32,7 +32,7 @@ class Tier:
         return self.store.url
 
 
-def _tiers_of(store: Store) -> list[Tier]:
+def tiers_of(store: Store) -> list[Tier]:
     local = getattr(store, "local", None)
     remote = getattr(store, "remote", None)
     if local is not None and remote is not None:  # a TieredStore (not imported: it pulls in fsspec)
@@ -59,7 +59,7 @@ def select_tiers(url: str | None, tier: str | None) -> list[Tier]:
     store = open_store(url)
     # The local tier of an s3:// cache is the default root: only a local path the user gave must exist.
     explicit = isinstance(store, LocalStore) and (url is not None or settings.cache_url() is not None)
-    tiers = _tiers_of(store)
+    tiers = tiers_of(store)
     if tier is not None:
         chosen = [t for t in tiers if t.name == tier]
         if not chosen:

@@ -34,9 +34,10 @@ from torchkiln.cli._cachelib import (
 )
 from torchkiln.cli._output import console as make_console
 from torchkiln.cli._output import emit_json, human_size
+from torchkiln.cli._tiers import tiers_of
 from torchkiln.errors import TorchkilnError
 from torchkiln.guard_fates import fate_counts
-from torchkiln.store import ARTIFACT_SUFFIX, open_store
+from torchkiln.store import ARTIFACT_SUFFIX, LocalStore, open_store
 
 __all__ = ["register"]
 
@@ -80,6 +81,9 @@ def _compile(args: argparse.Namespace) -> int:
     target = resolve_target(args.target, function=args.function)
     ex_args, ex_kwargs = resolve_inputs(args.inputs)
     store = open_store(args.cache)
+    for tier in tiers_of(store):
+        if isinstance(tier.store, LocalStore):
+            tier.store.check_writable()  # a prewarm that cannot publish fails before the compile, not after it
     # progress.py shows the compile (and any wait for another process's lock) on stderr.
     compiled = api.compile(
         target, ex_args, example_kwargs=ex_kwargs, cache=store, name=args.name, dynamic=args.dynamic,

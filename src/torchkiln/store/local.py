@@ -19,6 +19,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import stat
 import sys
 import time
@@ -35,6 +36,9 @@ from torchkiln.store.base import ARTIFACT_SUFFIX, KEY_RE, StoreEntry, check_key,
 __all__ = ["LAYOUT_VERSION", "TEMP_GRACE_S", "LocalStore"]
 
 _log = logging.getLogger(__name__)
+
+#: Free space a prewarm wants before it compiles: artifacts of small models are 1-20 MiB, of LLMs more.
+MIN_FREE_BYTES = 64 << 20
 
 #: The directory under a cache root that holds this layout (layout.py derives it from the format version), so two
 #: torchkiln versions can share a root without reading each other's objects.
@@ -180,6 +184,31 @@ class LocalStore:
             return atomic_files.create_new(path, data, temp_prefix=_TEMP_PREFIX, temp_suffix=_TEMP_SUFFIX)
         except OSError as exc:
             raise self._error("cannot write the artifact", exc, key) from exc
+
+    def check_writable(self, *, need_bytes: int = MIN_FREE_BYTES) -> None:
+        """``StoreError`` unless a ``put`` could succeed now: the root exists (or can be made), is private and
+        writable, and its disk has ``need_bytes`` free. A prewarm calls it before a compile of a minute, so that
+        an unusable cache fails in milliseconds instead of after the work (issue 11)."""
+        try:
+            self._prepare(create=True)
+            writable = os.access(self.dir, os.W_OK | os.X_OK)
+            free = shutil.disk_usage(self.dir).free
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise self._error("cannot write to the cache", exc) from exc
+        if not writable:
+            raise StoreError(
+                "the cache directory is not writable",
+                where=self._where(),
+                fix="set TORCHKILN_CACHE (or --cache) to a directory of yours",
+            )
+        if free < need_bytes:
+            raise StoreError(
+                f"the cache disk has {free >> 20} MiB free, less than the {need_bytes >> 20} MiB an artifact may need",
+                where=self._where(),
+                fix="free some space (torchkiln gc --max-size SIZE) or use a cache on another disk",
+            )
 
     def delete(self, key: str) -> bool:
         check_key(key, where=self._where(key))

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from torchkiln import progress
 from torchkiln.errors import StoreError
 from torchkiln.store.base import INSTALL_HINTS
 
@@ -168,7 +169,9 @@ class BoundedFS:
         """``fn()`` under the deadline. Exceptions in ``answers`` ("absent", "already there") reach the
         caller as they are; every other failure becomes ``StoreError``."""
         try:
-            return run_bounded(fn, self.timeout, what)
+            # A call slower than 2 s is announced (progress.py): a silent 30 s wait looks like a hang.
+            with progress.activity(f"remote {what} on {self.where(key)}", after=2.0):
+                return run_bounded(fn, self.timeout, what)
         except answers:
             raise
         except Exception as exc:  # botocore/aiohttp/gcsfs errors share no base class beyond Exception

@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from torchkiln import progress
 from torchkiln.errors import LeaseTimeoutError, RemoteCacheWarning, StoreError, warn
 from torchkiln.store.base import Leasable, Store, StoreEntry, evict_lru
 from torchkiln.store.lease import hold_lease
@@ -154,10 +155,12 @@ class TieredStore:
                 remaining = max(0.0, timeout - (time.monotonic() - start))
                 try:
                     # The lease alone, not RemoteStore.lock: the local tier's lock already serialises this host.
-                    if isinstance(self.remote, Leasable):
-                        stack.enter_context(hold_lease(self.remote, key, remaining))
-                    else:
-                        stack.enter_context(self.remote.lock(key, remaining))
+                    label = f"waiting for the fleet lease on {key} (another machine may be compiling it)"
+                    with progress.activity(label, after=1.0):
+                        if isinstance(self.remote, Leasable):
+                            stack.enter_context(hold_lease(self.remote, key, remaining))
+                        else:
+                            stack.enter_context(self.remote.lock(key, remaining))
                 except LeaseTimeoutError as exc:
                     warn(
                         f"torchkiln: {exc.what}; compiling here without the fleet lease",
