@@ -398,3 +398,28 @@ def test_check_writable_refuses_a_full_disk(tmp_path: Path) -> None:
     store.check_writable()  # a fresh private directory is fine
     with pytest.raises(StoreError, match="MiB free"):
         store.check_writable(need_bytes=1 << 62)
+
+
+def test_inspect_a_missing_file_says_so(tmp_path: Path) -> None:
+    result = cli("inspect", "nothere.tkln", "--cache", str(tmp_path))
+    assert result.rc == 2 and "no such artifact file: nothere.tkln does not exist" in result.err
+
+
+def test_json_errors_are_one_object_on_stdout(tmp_path: Path) -> None:
+    for argv, code in (
+        (["inspect", "nothere.tkln", "--cache", str(tmp_path)], 2),
+        (["ls", "--cache", str(tmp_path / "typo")], 1),
+        (["ls", "--cache", "nosuch://x"], 2),
+    ):
+        result = cli(*argv, "--json")
+        assert result.rc == code, argv
+        report = result.json()
+        assert report["ok"] is False and report["exit_code"] == code and report["command"] == argv[0]
+        assert set(report["error"]) == {"type", "what", "where", "fix"} and report["error"]["what"]
+
+
+def test_help_names_the_real_default_cache(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["ls", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "TORCHKILN_CACHE" in text

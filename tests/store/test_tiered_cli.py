@@ -106,3 +106,22 @@ def test_gc_reports_each_tier(bucket: tuple[str, str, str]) -> None:
     (local,) = report["tiers"]
     assert local["tier"] == "local" and local["evicted"] == [first] and local["bytes_after"] == 0
     assert len(RemoteStore(url).list()) == 2  # --tier local leaves the bucket alone
+
+
+@pytest.mark.slow  # a real compile in-process
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, from inside the compile
+def test_a_remote_timeout_shows_in_store_get(tmp_path: Path, s3_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # After a 30 s remote timeout timings["store_get"] read 0.0 (issue 11): the wait must show where it went.
+    import torch
+    from helpers.models import tiny_mlp
+
+    import torchkiln
+    from torchkiln.store.tiered import TieredStore
+
+    with blackhole() as endpoint:
+        remote = RemoteStore("s3://silent-bucket/p", timeout=1.0, endpoint_url=endpoint, key="k", secret="s")
+        store = TieredStore(LocalStore(tmp_path / "local"), remote)
+        with pytest.warns(torchkiln.RemoteCacheWarning):
+            compiled = torchkiln.compile(tiny_mlp(), (torch.randn(2, 16),), cache=store)
+    assert compiled.hit is False
+    assert compiled.timings["store_get"] >= 0.9, compiled.timings  # the 1 s the bucket took to not answer
