@@ -14,7 +14,7 @@ from torchkiln import progress
 def test_an_activity_is_logged_with_its_duration(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="torchkiln.progress"), progress.activity("compiling k"):
         pass
-    assert [r.getMessage() for r in caplog.records][0] == "compiling k ..."
+    assert next(r.getMessage() for r in caplog.records) == "compiling k ..."
     assert caplog.records[-1].getMessage().startswith("compiling k: done in ")
 
 
@@ -25,7 +25,7 @@ def test_a_wait_is_announced_only_once_it_lasts(caplog: pytest.LogCaptureFixture
         assert caplog.records == []  # a lock that was free at once is not news
         with progress.activity("waiting for a busy lock", after=0.05):
             time.sleep(0.5)
-    assert [r.getMessage() for r in caplog.records][0] == "waiting for a busy lock ..."
+    assert next(r.getMessage() for r in caplog.records) == "waiting for a busy lock ..."
 
 
 def test_the_cli_display_writes_lines_to_stderr(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -113,9 +113,9 @@ def test_gc_reports_each_tier(bucket: tuple[str, str, str]) -> None:
 def test_a_remote_timeout_shows_in_store_get(tmp_path: Path, s3_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     # After a 30 s remote timeout timings["store_get"] read 0.0 (issue 11): the wait must show where it went.
     import torch
-    from helpers.models import tiny_mlp
 
     import torchkiln
+    from helpers.models import tiny_mlp
     from torchkiln.store.tiered import TieredStore
 
     with blackhole() as endpoint:
