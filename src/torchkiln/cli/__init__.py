@@ -31,6 +31,7 @@ COMMAND_GROUPS = (
     "torchkiln.cli.cache",
     "torchkiln.cli.fleet",
     "torchkiln.cli.bench",
+    "torchkiln.launch",  # `torchkiln run`
 )
 
 
