@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -133,6 +134,9 @@ class CompiledModule(_Views, torch.nn.Module):
     def __len__(self) -> int:
         return len(self._orig_mod)  # type: ignore[arg-type]
 
+    def __bool__(self) -> bool:  # not len(): a model that is not a container is true, as an nn.Module is
+        return bool(self._orig_mod)
+
     def extra_repr(self) -> str:
         return "torchkiln: " + self._summary()
 
@@ -173,13 +177,18 @@ class CompiledFunction(_Views):
         return f"<torchkiln.CompiledFunction {getattr(self, '__qualname__', '?')}: {self._summary()}>"
 
     def __reduce__(self) -> str | tuple[Callable[..., Any], tuple[Any, ...]]:
-        # By name where the name resolves to this object (a decorated module-level function), as for a function.
-        # Otherwise (a reassigned ``model.forward``, a per-instance method) a stand-in that says so when called:
-        # torch's guard pickler saves the callables in a module's ``__dict__`` by value, and the compiled code never
-        # travels inside a pickle.
-        if _resolve(getattr(self, "__module__", None), getattr(self, "__qualname__", "")) is self:
-            return str(self.__qualname__)
-        return _PickledFunction, (str(getattr(self, "__qualname__", "?")),)
+        # By name where the name resolves to this object (a decorated module-level function), as for a function;
+        # as a lazy compile of the function where that one has an importable name. Otherwise (a reassigned
+        # ``model.forward``, a per-instance method) a stand-in that says so when called: torch's guard pickler
+        # saves the callables in a module's ``__dict__`` by value, and compiled code never travels in a pickle.
+        qualname = str(getattr(self, "__qualname__", "?"))
+        if _resolve(getattr(self, "__module__", None), qualname) is self:
+            return qualname
+        wrapped, recipe = self.__wrapped__, self._torchkiln.recipe
+        named = inspect.isfunction(wrapped) and _resolve(wrapped.__module__, wrapped.__qualname__) is wrapped
+        if named and (recipe.cache is None or isinstance(recipe.cache, str | os.PathLike)):  # not a Store object
+            return rebuild, (wrapped, recipe)
+        return _PickledFunction, (qualname,)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         if not inspect.ismethod(self.__wrapped__):
