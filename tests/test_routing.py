@@ -117,3 +117,22 @@ def test_bool_and_len_of_the_wrapper_are_the_models(tmp_path: Path) -> None:
     compiled = torchkiln.compile(torch.nn.Sequential(torch.nn.ReLU()), cache=str(tmp_path))
     assert len(compiled) == 1 and bool(compiled)
     assert bool(torchkiln.compile(tiny_mlp(), cache=str(tmp_path)))
+
+
+class _Parent(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.inner(x) * 2
+        return out
+
+
+def test_a_compiled_submodule_is_traced_as_its_model_inside_its_parents_compile(tmp_path: Path) -> None:
+    inner = torchkiln.compile(tiny_mlp(), cache=str(tmp_path))
+    parent = torchkiln.compile(_Parent(inner), cache=str(tmp_path))
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        assert torch.allclose(parent(x), inner._orig_mod(x) * 2, atol=1e-5)
+    assert len(parent.specializations) == 1 and inner.specializations == ()  # one graph, the inner one inlined
