@@ -136,3 +136,21 @@ def test_a_compiled_submodule_is_traced_as_its_model_inside_its_parents_compile(
     with torch.no_grad():
         assert torch.allclose(parent(x), inner._orig_mod(x) * 2, atol=1e-5)
     assert len(parent.specializations) == 1 and inner.specializations == ()  # one graph, the inner one inlined
+
+
+def test_torchkiln_run_takes_a_module_and_its_arguments_and_passes_the_exit_code(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from helpers.procs import child_env
+
+    script = tmp_path / "exits.py"
+    script.write_text("import sys\nprint('args', sys.argv[1:])\nsys.exit(3)\n")
+    env = child_env(tmp_path / "scratch")
+    run = [sys.executable, "-m", "torchkiln", "run"]
+    module = subprocess.run([*run, "-m", "platform", "--terse"], env=env, capture_output=True, text=True, check=False)
+    assert module.returncode == 0 and module.stdout.strip(), module.stderr
+    exits = subprocess.run([*run, str(script), "-x", "1"], env=env, capture_output=True, text=True, check=False)
+    assert exits.returncode == 3 and "args ['-x', '1']" in exits.stdout, exits.stderr
+    usage = subprocess.run(run, env=env, capture_output=True, text=True, check=False)
+    assert usage.returncode == 2 and "name a SCRIPT or -m MODULE" in usage.stderr

@@ -34,8 +34,8 @@ def register(subparsers: Any) -> None:
         "cache, in this process and in the Python processes it starts. Other torch.compile calls go to torch.",
     )
     parser.add_argument("--cache", metavar="URL", default=None, help="the cache (sets TORCHKILN_CACHE)")
-    parser.add_argument("-m", dest="module", metavar="MODULE", default=None, help="run a module, as python -m")
-    parser.add_argument("program", nargs=argparse.REMAINDER, help="SCRIPT [ARGS...] (or the module's ARGS)")
+    parser.add_argument("-m", dest="module", action="store_true", help="run a module, as python -m: -m MODULE [ARGS]")
+    parser.add_argument("program", nargs=argparse.REMAINDER, help="SCRIPT [ARGS...] (with -m: MODULE [ARGS...])")
     parser.set_defaults(handler=_handle)
 
 
@@ -43,10 +43,12 @@ def _handle(args: argparse.Namespace) -> int:
     from torchkiln.cli import EXIT_USAGE
 
     program = list(args.program)
-    if args.module is None and not program:
+    if not program:
         sys.stderr.write("torchkiln run: error: name a SCRIPT or -m MODULE\n")
         return EXIT_USAGE
-    return run(program if args.module is None else [], module=args.module, cache=args.cache, argv=program)
+    if args.module:
+        return run([], module=program[0], cache=args.cache, argv=program[1:])
+    return run(program, cache=args.cache)
 
 
 def run(
