@@ -27,7 +27,7 @@ from torchkiln.errors import (
     UntrustedArtifactError,
 )
 from torchkiln.routing import install, installed, uninstall
-from torchkiln.specializer import Specialization
+from torchkiln.specialization import Specialization
 
 if TYPE_CHECKING:
     from torchkiln.compat.registry import FixStatus

@@ -22,7 +22,8 @@ from torchkiln import arguments, compiler, settings, targets
 from torchkiln.compat import check_supported
 from torchkiln.errors import StoreError, warn
 from torchkiln.request import request_fingerprint, request_key
-from torchkiln.specializer import TIMING_KEYS, Recipe, Specializer
+from torchkiln.specialization import TIMING_KEYS, Recipe
+from torchkiln.specializer import Specializer
 from torchkiln.store import Store, open_store
 
 if TYPE_CHECKING:

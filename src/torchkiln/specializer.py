@@ -23,7 +23,6 @@ served by the family's dynamic artifact (loaded, or compiled), as torch's automa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import threading
@@ -31,97 +30,16 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from torchkiln import builder, cache_key, compiler, frames, loader, modes, progress, request, settings
-from torchkiln.describe import canonical_json
+from torchkiln import builder, cache_key, compiler, frames, loader, progress, request, settings
 from torchkiln.errors import CompileError, StaleArtifactError, StoreError, TorchkilnError, warn
 from torchkiln.fingerprint import Fingerprint
-from torchkiln.header import ArtifactHeader
+from torchkiln.specialization import TIMING_KEYS, Entry, Recipe, Specialization, family_of
 from torchkiln.store import Store
 from torchkiln.store.base import variant_key
 
 __all__ = ["TIMING_KEYS", "Recipe", "Specialization", "Specializer"]
 
 log = logging.getLogger("torchkiln")
-
-#: Every ``timings`` key, on a hit and on a miss alike (0.0 for a phase that did not run), so a dashboard or a
-#: ``--json`` consumer reads one shape. Seconds.
-TIMING_KEYS = (
-    "key",
-    "store_get",
-    "decode",
-    "restore_kernels",
-    "load",
-    "lock_wait",
-    "compile",
-    "encode",
-    "check_loadable",
-    "publish",
-    "total",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """What every specialization of one compiled target shares: ``torchkiln.compile``'s arguments but the target
-    and the inputs. ``cache`` is kept as the caller gave it, so that a pickled or copied module opens it again."""
-
-    cache: Any = None
-    name: str | None = None
-    dynamic: bool | None = None
-    backend: str = "inductor"
-    mode: str | None = None
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    strict: bool = False
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Recipe:
-        return self  # immutable; a Store in it is shared, not copied
-
-    def key_options(self) -> dict[str, Any]:
-        """The compile options the key names (request.py adds the backend): the mode's name unless it is the
-        default (so default-mode keys are those of earlier torchkiln releases), then the options as given."""
-        mode = modes.normalize(self.mode)
-        return {**({"mode": mode} if mode != modes.DEFAULT else {}), **self.options}
-
-
-@dataclasses.dataclass(frozen=True)
-class Specialization:
-    """One artifact a compiled target runs: the store key, whether it was loaded from the cache (``hit``), whether
-    it serves a range of sizes (``dynamic``), its size in bytes and the seconds each phase took (``TIMING_KEYS``)."""
-
-    key: str
-    hit: bool
-    dynamic: bool
-    artifact_bytes: int
-    timings: Mapping[str, float]
-    header: ArtifactHeader | None = dataclasses.field(default=None, repr=False, compare=False)
-
-
-@dataclasses.dataclass
-class _Entry:
-    key: str  # the store key (a variant's own key where it is one)
-    function: compiler.LoadedFunction
-    header: ArtifactHeader | None  # None: compiled here but not saveable
-    artifact_bytes: int
-    requested: str = ""  # the key the request asked for
-    family: str = ""
-    dynamic: bool = False
-    info: Specialization | None = None
-
-
-def family_of(key: cache_key.CacheKey) -> str:
-    """The request with every tensor size and stride erased (ranks kept): what ``dynamic=None`` calls one family."""
-
-    def erase(value: Any) -> Any:
-        if isinstance(value, dict):
-            if "shape" in value and "dtype" in value:  # one tensor's spec (describe._tensor)
-                return {k: (len(v) if k in ("shape", "stride") else erase(v)) for k, v in value.items()}
-            return {k: erase(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [erase(v) for v in value]
-        return value
-
-    parts = [canonical_json(erase(p.description)) if p.name == "inputs" else p.digest for p in key.parts]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def _initialize_lazy(module: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
@@ -143,17 +61,17 @@ class Specializer:
         self.strict = recipe.strict or config.strict
         self._store = store
         self._settings = config
-        self._entries: list[_Entry] = []
+        self._entries: list[Entry] = []
         self._static_only: set[str] = set()  # families whose dynamic compile failed in this process
         self._lock = threading.RLock()
-        self.last: _Entry | None = None  # the specialization that served the last call (or was resolved last)
+        self.last: Entry | None = None  # the specialization that served the last call (or was resolved last)
 
     @property
     def specializations(self) -> tuple[Specialization, ...]:
         return tuple(e.info for e in self._entries if e.info is not None)
 
     # -- calling ------------------------------------------------------------------------------------------------
-    def _fitting(self, full_args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Entry | None:
+    def _fitting(self, full_args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Entry | None:
         for entry in reversed(self._entries):
             if entry.function.guard_check(full_args, kwargs):
                 return entry
@@ -182,7 +100,7 @@ class Specializer:
             options=self.recipe.key_options(),
         )
 
-    def resolve(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Entry:
+    def resolve(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Entry:
         """The specialization for these inputs: one of this process's that fits (another thread may have just
         resolved it), else loaded or compiled, and kept."""
         with self._lock:
@@ -204,7 +122,7 @@ class Specializer:
 
     def _resolve(
         self, args: Sequence[Any], kwargs: Mapping[str, Any], timings: dict[str, float], start: float
-    ) -> _Entry:
+    ) -> Entry:
         wanted = self.recipe.dynamic
         key, fingerprint = self._key(args, kwargs, dynamic=bool(wanted))
         if wanted is not None:
@@ -252,7 +170,7 @@ class Specializer:
         timings: dict[str, float],
         *,
         tried: set[str],
-    ) -> tuple[_Entry | None, bool]:
+    ) -> tuple[Entry | None, bool]:
         """(the variant of ``key`` that fits these inputs in this process, or None; whether any was stored).
 
         ``tried`` collects the store keys read; those already in it are not read again (after the lock wait).
@@ -330,7 +248,7 @@ class Specializer:
         timings: dict[str, float],
         *,
         call: tuple[Sequence[Any], Mapping[str, Any]] | None = None,
-    ) -> _Entry:
+    ) -> Entry:
         function, header = loader.load(
             data,
             key=key.key,
@@ -342,7 +260,7 @@ class Specializer:
             timings=timings,
             signing_key=self._settings.signing_key,
         )
-        return _Entry(store_key, function, header, len(data))
+        return Entry(store_key, function, header, len(data))
 
     def _load_or_compile(
         self,
@@ -355,7 +273,7 @@ class Specializer:
         dynamic: bool,
         family: str = "",
         tried: set[str] | None = None,
-    ) -> _Entry:
+    ) -> Entry:
         entry = self._load_or_compile_locked(key, fingerprint, args, kwargs, timings, dynamic=dynamic, tried=tried)
         entry.requested, entry.family, entry.dynamic = key.key, family, dynamic
         return entry
@@ -370,7 +288,7 @@ class Specializer:
         *,
         dynamic: bool,
         tried: set[str] | None = None,
-    ) -> _Entry:
+    ) -> Entry:
         tried = set() if tried is None else tried
         entry, _ = self._try_load(key, fingerprint, args, kwargs, timings, tried=tried)
         if entry is not None:
@@ -408,7 +326,7 @@ class Specializer:
         timings: dict[str, float],
         *,
         dynamic: bool,
-    ) -> _Entry:
+    ) -> Entry:
         options = self.recipe.options
         if self.recipe.backend == "inductor":
             options = compiler.inductor_options(self.recipe.mode, options, dynamic=dynamic)
@@ -430,10 +348,10 @@ class Specializer:
             self._fallback(
                 built.problem, built.problem_summary, then="it is not published and runs compiled in this process only"
             )
-            return _Entry(key.key, built.function, built.header, 0)
+            return Entry(key.key, built.function, built.header, 0)
         assert built.data is not None  # built.problem is None
         store_key = self._publish(key.key, built.data, timings)
-        return _Entry(store_key, built.function, built.header, len(built.data))
+        return Entry(store_key, built.function, built.header, len(built.data))
 
     def _publish(self, key: str, data: bytes, timings: dict[str, float]) -> str:
         """Publish write-once under ``key``, or, when another build holds it, as a variant beside it (never

@@ -29,7 +29,8 @@ import torch
 
 from torchkiln.errors import TorchkilnError
 from torchkiln.header import ArtifactHeader
-from torchkiln.specializer import Recipe, Specialization, Specializer
+from torchkiln.specialization import Recipe, Specialization
+from torchkiln.specializer import Specializer
 
 __all__ = ["CompiledFunction", "CompiledModule", "rebuild"]
 
