@@ -8,7 +8,7 @@ TORCH ?= 2.11.0
 COMPAT_VENV := .venv-torch$(TORCH)
 MATRIX ?= 2.10.0 2.11.0 2.12.1 2.13.0 2.14.1
 PYTEST_ARGS ?=
-LINT_PATHS := $(wildcard src tests tools benchmarks fuzz)
+LINT_PATHS := $(wildcard src tests tools benchmarks fuzz examples)
 # pip's warnings about absent local index folders are noise on this machine, not errors.
 PIP_QUIET := --quiet --disable-pip-version-check
 

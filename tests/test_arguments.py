@@ -18,7 +18,12 @@ from torchkiln.reasons import exception_reason, user_location
 @pytest.mark.parametrize(
     ("inputs", "kwargs", "extra", "match"),
     [
-        (None, None, {}, "example_inputs is None"),
+        (None, {"x": torch.randn(2, 16)}, {}, "example_kwargs without example_inputs"),
+        ((torch.randn(2, 16),), None, {"fullgraph": False}, "fullgraph=False"),
+        ((torch.randn(2, 16),), None, {"mode": "fast"}, "mode is 'fast'"),
+        ((torch.randn(2, 16),), None, {"mode": "max-autotune", "options": {"max_autotune": True}}, "both mode"),
+        ((torch.randn(2, 16),), None, {"options": {"no_such_option": 1}}, "not an Inductor option"),
+        ((torch.randn(2, 16),), None, {"options": {"max_autotune": "yes"}}, "Inductor expects a bool"),
         ("x", None, {}, "example_inputs is a str"),
         ({"x": 1}, None, {}, "example_inputs is a dict"),
         ((np.zeros((2, 16), dtype=np.float32),), None, {}, r"example_inputs\[0\] is a numpy array"),

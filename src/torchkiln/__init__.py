@@ -6,10 +6,10 @@ Re-exports only. Importing torchkiln patches nothing: forward fixes are applied 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchkiln._version import __version__
-from torchkiln.api import CompiledModule, compile
+from torchkiln.api import compile
 from torchkiln.errors import (
     ArtifactCorruptError,
     ArtifactEncodeError,
@@ -27,9 +27,21 @@ from torchkiln.errors import (
     UnsupportedTorchError,
     UntrustedArtifactError,
 )
+from torchkiln.routing import install, installed, uninstall
+from torchkiln.specialization import Specialization
 
 if TYPE_CHECKING:
     from torchkiln.compat.fix import FixStatus
+    from torchkiln.wrappers import CompiledFunction, CompiledModule
+
+
+def __getattr__(name: str) -> Any:
+    # CompiledModule subclasses nn.Module: torch is imported when it is first asked for, not by ``import torchkiln``.
+    if name in ("CompiledModule", "CompiledFunction"):
+        from torchkiln import wrappers
+
+        return getattr(wrappers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def fixes() -> list[FixStatus]:
@@ -50,6 +62,11 @@ __all__ = [
     "__version__",
     "compile",
     "CompiledModule",
+    "CompiledFunction",
+    "Specialization",
+    "install",
+    "uninstall",
+    "installed",
     "fixes",
     "apply_fixes",
     "TorchkilnWarning",

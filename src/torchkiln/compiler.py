@@ -42,7 +42,9 @@ __all__ = [
     "check_loadable",
     "compile_target",
     "exception_reason",
+    "inductor_options",
     "load",
+    "torch_compile",
 ]
 
 log = logging.getLogger("torchkiln.compiler")
@@ -239,11 +241,9 @@ def _aot_compile(
     backend: str | Callable[..., Any],
     options: dict[str, Any],
 ) -> Any:
-    import torch
-
     with compat.compile_scope():
         # a copy per attempt: torch.compile pops guard_filter_fn out of the options it is given
-        wrapper: Any = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options))
+        wrapper: Any = torch_compile()(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options))
         return wrapper.aot_compile((args, dict(kwargs)))
 
 
@@ -251,10 +251,56 @@ def jit_compile(
     target: Any, *, is_module: bool, dynamic: bool, backend: str | Callable[..., Any], options: Mapping[str, Any] | None
 ) -> Any:
     """Plain torch.compile of the same entry (compiles on first call, guards and recompiles itself; never saved)."""
+    fn: Callable[..., Any] = _entry.call_module if is_module else target
+    return torch_compile()(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options or {}))
+
+
+#: The attribute ``torchkiln.install()`` sets on its ``torch.compile`` replacement: torch's own function.
+ORIGINAL_ATTRIBUTE = "_torchkiln_original"
+
+
+def torch_compile() -> Callable[..., Any]:
+    """torch's own ``torch.compile``, also while ``torchkiln.install()`` routes ``torch.compile`` through torchkiln
+    (torchkiln's own compile must never be routed back into itself)."""
     import torch
 
-    fn: Callable[..., Any] = _entry.call_module if is_module else target
-    return torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options or {}))
+    return getattr(torch.compile, ORIGINAL_ATTRIBUTE, torch.compile)
+
+
+def inductor_options(mode: str | None, options: Mapping[str, Any] | None, *, dynamic: bool) -> dict[str, Any]:
+    """The Inductor options a ``torch.compile(mode=mode, options=options)`` call compiles with, merged the way torch
+    merges them (``_TorchCompileInductorWrapper.apply_mode`` then ``apply_options``): the mode's table
+    (``torch._inductor.list_mode_options(mode, dynamic)``), then the options, ``-`` read as ``_``.
+
+    Raises ``InvalidArgumentError`` for an option Inductor does not know or a value of the wrong type, the checks
+    torch makes (as a RuntimeError) when it builds its backend.
+    """
+    from torch._inductor import config, list_mode_options
+
+    from torchkiln.errors import InvalidArgumentError
+
+    merged: dict[str, Any] = {}
+    if mode and mode != "default":
+        merged.update(list_mode_options(mode, dynamic))
+    known = config.get_config_copy()
+    for key, value in (options or {}).items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            close = sorted(k for k in known if name.split(".")[-1] in k)[:5]
+            raise InvalidArgumentError(
+                f"options[{key!r}] is not an Inductor option",
+                where="options",
+                fix="use a name from torch._inductor.config" + (f" (close: {', '.join(close)})" if close else ""),
+            )
+        kind = config.get_type(name)  # type: ignore[attr-defined]
+        if isinstance(kind, type) and not isinstance(value, kind):
+            raise InvalidArgumentError(
+                f"options[{key!r}] is a {type(value).__name__}, Inductor expects a {kind.__name__}",
+                where="options",
+                fix=f"pass a {kind.__name__}",
+            )
+        merged[name] = value
+    return merged
 
 
 def _serialize(compiled: Any) -> bytes:

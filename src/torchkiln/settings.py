@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_REMOTE_TIMEOUT",
     "ENV_CACHE",
+    "ENV_INSTALL",
     "ENV_LEASE_TTL",
     "ENV_LOCK_TIMEOUT",
     "ENV_LOG",
@@ -41,6 +42,7 @@ __all__ = [
     "cache_url",
     "configure_logging",
     "current",
+    "install_requested",
     "parse_duration",
     "signing_key",
 ]
@@ -53,6 +55,7 @@ ENV_LOG = "TORCHKILN_LOG"
 ENV_LOCK_TIMEOUT = "TORCHKILN_LOCK_TIMEOUT"
 ENV_REMOTE_TIMEOUT = "TORCHKILN_REMOTE_TIMEOUT"
 ENV_LEASE_TTL = "TORCHKILN_LEASE_TTL"
+ENV_INSTALL = "TORCHKILN_INSTALL"
 
 #: Seconds a process waits for another process compiling the same key before it compiles itself.
 DEFAULT_LOCK_TIMEOUT = 900.0
@@ -71,6 +74,8 @@ VARIABLES: dict[str, str] = {
     ENV_LOCK_TIMEOUT: f"wait for another process compiling the same key (default {DEFAULT_LOCK_TIMEOUT:g} s)",
     ENV_REMOTE_TIMEOUT: f"deadline of one remote-store call (default {DEFAULT_REMOTE_TIMEOUT:g} s)",
     ENV_LEASE_TTL: f"lifetime of a fleet compile lease without a heartbeat (default {DEFAULT_LEASE_TTL:g} s)",
+    ENV_INSTALL: "1: route torch.compile through torchkiln from interpreter start (set by `torchkiln run` for the "
+    "program and its child processes; 0 turns it off there)",
 }
 
 T = TypeVar("T")
@@ -94,6 +99,7 @@ class Settings:
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     remote_timeout: float = DEFAULT_REMOTE_TIMEOUT
     lease_ttl: float = DEFAULT_LEASE_TTL
+    install: bool = False
 
 
 def current(environ: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +125,7 @@ def current(environ: Mapping[str, str] | None = None) -> Settings:
         lock_timeout=attempt(lambda: _seconds(ENV_LOCK_TIMEOUT, env, DEFAULT_LOCK_TIMEOUT, allow_zero=True), 0.0),
         remote_timeout=attempt(lambda: _seconds(ENV_REMOTE_TIMEOUT, env, DEFAULT_REMOTE_TIMEOUT), 0.0),
         lease_ttl=attempt(lambda: _seconds(ENV_LEASE_TTL, env, DEFAULT_LEASE_TTL), 0.0),
+        install=attempt(lambda: install_requested(env), False),
     )
     if len(problems) == 1:
         raise problems[0]
@@ -129,6 +136,11 @@ def current(environ: Mapping[str, str] | None = None) -> Settings:
             fix="; ".join(p.fix or "" for p in problems),
         )
     return settings
+
+
+def install_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """``TORCHKILN_INSTALL`` alone (what the interpreter-start hook reads before anything else), validated."""
+    return _flag(ENV_INSTALL, (os.environ if environ is None else environ).get(ENV_INSTALL))
 
 
 def cache_url(environ: Mapping[str, str] | None = None) -> str | None:

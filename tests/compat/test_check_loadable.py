@@ -1,4 +1,4 @@
-"""``compiler.check_loadable`` and the publish gate of ``CompiledModule._compile``: torch must load what it saved.
+"""``compiler.check_loadable`` and the publish gate of ``Specializer._compile``: torch must load what it saved.
 
 The unloadable artifact is real, not mocked: ``DtypeAttr`` (roundtrip_cases.py: a module holding an unread
 ``torch.float32``) compiled with the guard-state-singletons fix taken out of the registry's table (torch itself is
@@ -74,7 +74,7 @@ def test_an_artifact_that_cannot_load_is_not_published(without_fix: compat.Fix, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # further calls fit the specialization: no new warning, no recompile
         compiled(x)
-    assert compiled.specializations == [compiled.key]
+    assert [s.key for s in compiled.specializations] == [compiled.key]
 
 
 def test_strict_raises_compile_error_with_torchs_reason(without_fix: compat.Fix, tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ def _compile_once(target: Any, config: dict[str, Any], reference: Any) -> tuple[
                 example_kwargs=kwargs,
                 cache=config.get("cache"),
                 name=config.get("name"),
-                dynamic=bool(config.get("dynamic", False)),
+                dynamic=config.get("dynamic", False),
                 strict=bool(config.get("strict", False)),
             )
             output = module(*args, **kwargs)
@@ -132,7 +132,7 @@ def _compile_once(target: Any, config: dict[str, Any], reference: Any) -> tuple[
             key=module.key,
             timings={k: round(v, 4) for k, v in module.timings.items()},
             artifact_bytes=module.artifact_bytes,
-            specializations=module.specializations,
+            specializations=[s.key for s in module.specializations],
             max_diff=_max_diff(output, reference),
             checksum=_checksum(output),
             created_at=module.header.created_at if module.header else None,
@@ -151,7 +151,7 @@ def _call(module: Any, config: dict[str, Any], target: Any, inputs_kwargs: dict[
             call["dtype"] = str(_tensors(output)[0].dtype)
         except Exception as exc:
             call["error"] = _error(exc)
-    call.update(key=module.key, hit=module.hit, specializations=module.specializations)
+    call.update(key=module.key, hit=module.hit, specializations=[s.key for s in module.specializations])
     return call
 
 

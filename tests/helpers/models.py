@@ -39,3 +39,20 @@ def tanh_inputs(batch: int = 4, dtype: str = "float32") -> tuple[torch.Tensor, t
     generator = torch.Generator().manual_seed(99 + batch)
     x, y = torch.randn(batch, 8, generator=generator), torch.randn(batch, 8, generator=generator)
     return x.to(getattr(torch, dtype)), y.to(getattr(torch, dtype))
+
+
+class Branchy(nn.Module):
+    """A forward that reads ``self.training``: train and eval mode are two different graphs (x2 and x3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.fc(x)
+        return y * 2.0 if self.training else y * 3.0
+
+
+def branchy() -> Branchy:
+    torch.manual_seed(0)
+    return Branchy().eval()

@@ -32,6 +32,7 @@ COMMAND_GROUPS = (
     "torchkiln.cli.listing",
     "torchkiln.cli.fleet",
     "torchkiln.cli.bench",
+    "torchkiln.launch",  # `torchkiln run`
 )
 
 
