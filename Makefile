@@ -12,7 +12,7 @@ LINT_PATHS := $(wildcard src tests tools benchmarks fuzz examples)
 # pip's warnings about absent local index folders are noise on this machine, not errors.
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo test test-slow test-compat test-matrix lint bench clean venv
+.PHONY: demo test test-slow test-compat test-zoo test-zoo-compat test-matrix lint bench clean venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -39,13 +39,22 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-# The slow tests on torch 2.13: real transformers models, 16 racing processes, 200 loads, __main__ scripts.
+# The slow tests on torch 2.13: real transformers models (the zoo's CI subset), 16 racing processes, 200 loads,
+# __main__ scripts, tensor-parallel ranks under gloo. The rest of the zoo (marker `zoo`) is `make test-zoo`.
 test-slow: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "slow and not gpu and not zoo" $(PYTEST_ARGS)
 
 # The compat lane: the fix-dependent and real-model tests on a torch where the builtins bug lives.
 test-compat: $(COMPAT_VENV)/.installed
-	$(COMPAT_VENV)/bin/python -m pytest -m "(compat or models) and not gpu" $(PYTEST_ARGS)
+	$(COMPAT_VENV)/bin/python -m pytest -m "(compat or models) and not gpu and not zoo" $(PYTEST_ARGS)
+
+# Not in CI: every family of the model zoo (tests/zoo, docs/MODELS.md), compiled in one process, hit in another;
+# ~40 minutes on 2 cores. test-zoo-compat runs it on the compat torch (TORCH=2.11.0 by default).
+test-zoo: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest tests/zoo -m "not gpu" $(PYTEST_ARGS)
+
+test-zoo-compat: $(COMPAT_VENV)/.installed
+	$(COMPAT_VENV)/bin/python -m pytest tests/zoo -m "not gpu" $(PYTEST_ARGS)
 
 # Not in CI: every fix's status and a save/load round trip on each torch of the matrix -> docs/COMPAT.md.
 # TORCH_DEFAULT runs in the default lane's $(VENV), not in a second venv holding the same torch.

@@ -69,6 +69,13 @@ def build(
             compiler.jit_compile(target, is_module=is_module, dynamic=dynamic, backend=backend, options=options),
             jit=True,
         )
+    touched = _replica_touching_distributed(key, result.guards, result.inlined_sources)
+    if result.payload is not None and touched:
+        result.save_error = (
+            f"its trace reads torch.distributed ({touched}) but the key is a replica's, shared by every rank "
+            "(Dynamo bakes the rank and process-group sizes into the graph without a guard)"
+        )
+        result.payload = None
     unfated = [g for g in result.guards if g.get("fate") == "unfated"]
     if result.payload is not None and unfated:
         names = ", ".join(f"{g['guard_type']} {g['name']}" for g in unfated[:5])
@@ -117,3 +124,26 @@ def build(
         )
         return Built(function, header, None, problem, "the artifact does not load")
     return Built(function, header, data)
+
+
+def _replica_touching_distributed(
+    key: cache_key.CacheKey, guards: Sequence[Mapping[str, Any]], inlined: Sequence[Mapping[str, Any]]
+) -> str | None:
+    """What of torch.distributed the trace touched, when the key says the target reaches none of it (no rank keyed).
+
+    describe.describe_distributed keys the rank for what it can see before tracing (process groups, meshes and
+    DTensors in the module tree, torch.distributed names in the code); this is the net under it: a guard on a
+    torch.distributed object, or torch.distributed code Dynamo inlined. Such a build runs but is not published.
+    """
+    options = key.part("options")
+    distributed = options.description.get("distributed") if options and isinstance(options.description, dict) else None
+    if not isinstance(distributed, dict) or "rank" in distributed:
+        return None
+    for record in inlined:
+        if str(record.get("module", "")).startswith("torch.distributed"):
+            return f"inlined {record.get('module')}"
+    for guard in guards:
+        check = guard.get("check")
+        if isinstance(check, dict) and any("torch.distributed" in str(v) for v in check.values()):
+            return f"guard on {guard.get('name')}"
+    return None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchkiln.describe import (
     canonical_json,
+    describe_distributed,
     describe_inputs,
     describe_structure,
     describe_target,
@@ -55,6 +56,11 @@ EXCLUDED: tuple[tuple[str, str], ...] = (
         "no generated code; source files are keyed by module name and content instead",
     ),
     ("wall-clock time, hostname, user, process id", "they change no generated code"),
+    (
+        "the torch.distributed rank, for a target that reaches nothing of torch.distributed (a data-parallel replica)",
+        "its graph is the same on every rank, so replicas share one artifact; world size and backend are keyed, and "
+        "a replica-keyed build whose trace touched torch.distributed after all is not published (builder.py)",
+    ),
     (
         "environment variables outside TORCHINDUCTOR_*, TORCHDYNAMO_*, TORCH_COMPILE_*, ATEN_CPU_CAPABILITY",
         "only those change what Dynamo and Inductor generate; cache directories, log settings and the "
@@ -201,6 +207,21 @@ def _torch_context() -> dict[str, Any]:
     }
 
 
+def _options(options: Mapping[str, Any], dynamic: bool, environ: Mapping[str, str], target: Any) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "options": {str(k): value_json(v) for k, v in options.items()},
+        "dynamic": dynamic,
+        "env": _codegen_env(environ),
+        "context": _torch_context(),
+    }
+    # Only under an initialized torch.distributed (other keys stay as they were): world size, backend, and the
+    # rank when the target reaches torch.distributed (describe.describe_distributed says why).
+    distributed = describe_distributed(target)
+    if distributed is not None:
+        described["distributed"] = distributed
+    return described
+
+
 def build(
     target: Any,
     example_args: tuple[Any, ...],
@@ -226,15 +247,7 @@ def build(
         ("target", lambda: describe_target(target)),
         ("structure", lambda: describe_structure(target)),
         ("inputs", lambda: describe_inputs(example_args, example_kwargs, dynamic=dynamic)),
-        (
-            "options",
-            lambda: {
-                "options": {str(k): value_json(v) for k, v in options.items()},
-                "dynamic": dynamic,
-                "env": _codegen_env(os.environ if environ is None else environ),
-                "context": _torch_context(),
-            },
-        ),
+        ("options", lambda: _options(options, dynamic, os.environ if environ is None else environ, target)),
         ("fingerprint", fingerprint.key_fields),
     ]
     parts = []

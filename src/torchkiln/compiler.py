@@ -50,6 +50,16 @@ __all__ = [
 log = logging.getLogger("torchkiln.compiler")
 
 
+def _unpicklable_types() -> tuple[type, ...]:
+    """What torch's guard pickler replaces by a placeholder (torch._dynamo.guards._get_unsupported_types)."""
+    try:
+        from torch._dynamo.guards import _get_unsupported_types
+    except ImportError:
+        return ()
+    found = _get_unsupported_types()
+    return tuple(t for t in found if isinstance(t, type))
+
+
 @dataclasses.dataclass
 class _SerializableGuardFilter:
     """torch's guard filter for aot_compile: keep what torch can serialize, give every other guard a fate."""
@@ -59,12 +69,19 @@ class _SerializableGuardFilter:
 
     def __call__(self, entries: Sequence[Any]) -> list[bool]:
         keep: list[bool] = []
+        # torch pickles a ProcessGroup (or a stream, a weakref) in the guarded scope as a placeholder, so a guard
+        # torch would keep on or below one (``module.group.group_name``, from a tensor-parallel layer holding its
+        # group) fails when the artifact is loaded (AttributeError: '_Missing' object has no attribute
+        # 'group_name'), or rejects the live group in the next process. torchkiln re-checks them instead.
+        opaque = [str(e.name) for e in entries if isinstance(getattr(e, "value", None), _unpicklable_types())]
         for entry in entries:
             derived = tuple(getattr(entry, "derived_guard_types", ()) or ())
             reasons = []
             if entry.is_global:
                 # The compiling frame's globals do not travel: torchkiln re-checks these in the loading process.
                 reasons.append("global")
+            if any(str(entry.name) == root or str(entry.name).startswith((f"{root}.", f"{root}[")) for root in opaque):
+                reasons.append("on an object torch does not pickle")
             if entry.guard_type in self.unsupported:
                 reasons.append(f"type {entry.guard_type}")
             reasons += [f"derived {t}" for t in derived if t in self.unsupported]

@@ -16,7 +16,8 @@ import inspect
 import json
 import math
 import sys
-from collections.abc import Mapping
+import types
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from torchkiln import digests
@@ -24,6 +25,7 @@ from torchkiln.targets import qualname, unwrap
 
 __all__ = [
     "canonical_json",
+    "describe_distributed",
     "describe_inputs",
     "describe_structure",
     "describe_target",
@@ -250,3 +252,105 @@ def describe_inputs(args: tuple[Any, ...], kwargs: Mapping[str, Any], *, dynamic
         "args": [value_json(a, dynamic=dynamic) for a in args],
         "kwargs": {str(k): value_json(v, dynamic=dynamic) for k, v in sorted(kwargs.items())},
     }
+
+
+# -- torch.distributed ---------------------------------------------------------------------------------------------
+# Dynamo bakes dist.get_rank() / get_world_size() into the graph as constants without a guard (torch's
+# handle_constant_processgroup_functions), and a DTensor's placements or a rank's shard offset change the code
+# without changing a shape. So a target that reaches torch.distributed is keyed per rank; a replica that does not
+# (data parallel) shares one artifact across ranks, and builder.py refuses to publish a replica-keyed build whose
+# trace touched torch.distributed after all.
+_DIST_PREFIX = "torch.distributed"
+_MAX_CODE_DEPTH = 2
+
+
+def _is_distributed(v: Any) -> bool:
+    if isinstance(v, types.ModuleType):
+        return v.__name__.startswith(_DIST_PREFIX)
+    owner = v if isinstance(v, type) else (v if callable(v) and hasattr(v, "__qualname__") else type(v))
+    return str(getattr(owner, "__module__", "") or "").startswith(_DIST_PREFIX)
+
+
+def _distributed_object(v: Any) -> Any:
+    """A process group by name and ranks, a device mesh by shape, names and ranks, a DTensor by its placements."""
+    import torch
+    import torch.distributed as dist
+
+    if isinstance(v, dist.ProcessGroup):
+        return {"group": v.group_name, "ranks": dist.get_process_group_ranks(v)}
+    mesh, placements = getattr(v, "device_mesh", None), getattr(v, "placements", None)
+    if mesh is not None and placements is not None:  # a DTensor (parameter, buffer or attribute)
+        local = v.to_local()
+        return {"dtensor": [str(p) for p in placements], "mesh": _distributed_object(mesh), "local": list(local.shape)}
+    ranks, names = getattr(v, "mesh", None), getattr(v, "mesh_dim_names", None)
+    if isinstance(ranks, torch.Tensor):  # a DeviceMesh
+        return {"mesh": list(ranks.shape), "dims": list(names or ()), "ranks": ranks.flatten().tolist()}
+    if callable(v) and hasattr(v, "__qualname__"):  # a hook parallelize_module installed, a collective
+        return {"callable": qualname(v)}
+    return {"object": qualname(type(v))}
+
+
+def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def _code_reach(fn: Any, where: str, found: dict[str, Any], depth: int = 0) -> None:
+    """torch.distributed names the code of ``fn`` reads through its globals (``dist.get_rank``, ``funcol``,
+    ``torch.distributed.*``), following module-level functions of the user's code ``_MAX_CODE_DEPTH`` deep."""
+    fn = getattr(fn, "__func__", fn)
+    code, fn_globals = getattr(fn, "__code__", None), getattr(fn, "__globals__", None)
+    if not isinstance(code, types.CodeType) or not isinstance(fn_globals, dict):
+        return
+    for sub in _code_objects(code):
+        for name in sub.co_names:
+            value = fn_globals.get(name)
+            if value is None:
+                continue
+            if _is_distributed(value) or (value is sys.modules.get("torch") and "distributed" in sub.co_names):
+                found.setdefault(f"{where} reads {name}", qualname(value) if callable(value) else name)
+            elif depth < _MAX_CODE_DEPTH and inspect.isfunction(value) and _is_third_party(value.__module__):
+                _code_reach(value, f"{where} -> {value.__qualname__}", found, depth + 1)
+
+
+def _module_reach(root: str, module: Any, found: dict[str, Any]) -> None:
+    classes: set[type] = set()
+    for path, sub in module.named_modules(remove_duplicate=False):
+        prefix = f"{root}{path}" if path else root.rstrip(".")
+        tensors = {**sub._parameters, **sub._buffers}
+        for name, value in sorted(vars(sub).items()):
+            if name in ("_parameters", "_buffers", "_modules"):
+                continue
+            values = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+            for item in values:
+                if _is_distributed(item):
+                    found[f"{prefix}.{name}"] = _distributed_object(item)
+        for name, tensor in sorted(tensors.items()):
+            if tensor is not None and _is_distributed(tensor):
+                found[f"{prefix}.{name}"] = _distributed_object(tensor)
+        classes.add(type(sub))
+    for cls in sorted(classes, key=qualname):
+        if _is_third_party(cls.__module__):
+            _code_reach(getattr(cls, "forward", None), qualname(cls) + ".forward", found)
+
+
+def describe_distributed(target: Any) -> dict[str, Any] | None:
+    """``None`` unless torch.distributed is initialized; else the backend and world size, and, when the target
+    reaches torch.distributed (what it reaches is listed), this process's rank."""
+    import torch
+
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    desc: dict[str, Any] = {"backend": str(dist.get_backend()), "world_size": dist.get_world_size()}
+    found: dict[str, Any] = {}
+    for root, module in _modules_of(target).items():
+        _module_reach(f"{root}." if root else "module.", module, found)
+    if not isinstance(target, torch.nn.Module):
+        _code_reach(unwrap(target), qualname(unwrap(target)), found)
+    if found:
+        desc["rank"] = dist.get_rank()
+        desc["reaches"] = found
+    return desc

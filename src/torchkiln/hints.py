@@ -8,6 +8,11 @@ from __future__ import annotations
 
 __all__ = ["hint_for"]
 
+_QWEN_VL = (
+    "Qwen2-VL / Qwen2.5-VL's vision tower has data-dependent sizes: run it and get_rope_index eagerly and compile the "
+    "model called with inputs_embeds and position_ids (docs/MODELS.md, the language-model recipe)"
+)
+
 #: Settings transformers models need to trace fullgraph, matched against torch's error text -> advice.
 _FULLGRAPH_HINTS: tuple[tuple[str, str], ...] = (
     ("DynamicCache", "pass use_cache=False (model.config.use_cache = False): KV-cache objects break fullgraph"),
@@ -33,6 +38,14 @@ _FULLGRAPH_HINTS: tuple[tuple[str, str], ...] = (
         "Dynamo asked to retrace with a Python float specialized, which aot_compile does not do, and the retry with "
         "torch._dynamo.config.specialize_float=True failed too (compat/float_specialization.py); try dynamic=False",
     ),
+    (
+        "reads torch.distributed",
+        "keep the process group (or DeviceMesh) the model uses as an attribute of one of its modules, or read "
+        "torch.distributed in a forward of the model itself: then the key includes the rank and each rank's build "
+        "is published (docs/RELIABILITY.md, tensor-parallel ranks)",
+    ),
+    ("modeling_qwen2_vl", _QWEN_VL),  # the vision attention's split by cu_seqlens
+    ("get_vision_window_index", _QWEN_VL),  # Qwen2.5-VL's window index from grid_thw
     ("data-dependent", "avoid data-dependent Python control flow in forward, or mark the branch with torch.cond"),
     ("Graph break", "the target must trace as one graph (fullgraph=True): remove the graph break named above"),
 )

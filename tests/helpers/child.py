@@ -2,7 +2,8 @@
 
 Run as ``python tests/helpers/child.py CONFIG_JSON``. The config names importable objects as ``module:attr``:
 
-- ``target``: a factory returning the target (an nn.Module), or with ``"function": true`` the function itself;
+- ``target``: a factory returning the target (an nn.Module), called with ``target_kwargs``, or with
+  ``"function": true`` the function itself;
 - ``inputs``: a function returning the positional example inputs, or ``{"args": (...), "kwargs": {...}}``;
   ``inputs_kwargs`` are passed to it;
 - ``cache``, ``strict``, ``dynamic``, ``name``: as for ``torchkiln.compile``; ``signing_key``: the
@@ -179,7 +180,7 @@ def _repeat(module: Any, config: dict[str, Any], target: Any) -> dict[str, Any]:
 
 def _target(config: dict[str, Any]) -> Any:
     target = _resolve(config["target"])
-    return target if config.get("function") else target()
+    return target if config.get("function") else target(**(config.get("target_kwargs") or {}))
 
 
 def main(argv: list[str]) -> int:
