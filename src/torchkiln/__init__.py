@@ -27,6 +27,7 @@ from torchkiln.errors import (
     UnsupportedTorchError,
     UntrustedArtifactError,
 )
+from torchkiln.preloader import Preload, preload
 
 if TYPE_CHECKING:
     from torchkiln.compat.fix import FixStatus
@@ -50,6 +51,8 @@ __all__ = [
     "__version__",
     "compile",
     "CompiledModule",
+    "preload",
+    "Preload",
     "fixes",
     "apply_fixes",
     "TorchkilnWarning",
