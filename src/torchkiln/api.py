@@ -24,19 +24,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from torchkiln import (
-    arguments,
-    builder,
-    cache_key,
-    compiler,
-    frames,
-    loader,
-    preloader,
-    progress,
-    request,
-    settings,
-    targets,
-)
+from torchkiln import arguments, builder, cache_key, compiler, frames, loader, progress, request, settings, targets
 from torchkiln.compat import check_supported
 from torchkiln.errors import StaleArtifactError, StoreError, TorchkilnError, warn
 from torchkiln.fingerprint import Fingerprint
@@ -360,6 +348,8 @@ def compile(
     Every setting is checked before any work: a bad ``TORCHKILN_*`` variable, cache URL or argument is a
     ``ConfigError`` (``InvalidArgumentError``, also a ``TypeError``, for an argument of the wrong type).
     """
+    from torchkiln import preloader
+
     preloader.join_before_compile()  # a running torchkiln.preload() finishes its imports before anything here runs
     config = settings.current()
     settings.configure_logging(config.log_level)
