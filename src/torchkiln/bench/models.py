@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["MODELS", "build_model", "call_module", "model_description"]
+__all__ = ["MODELS", "build_model", "call_module", "import_libraries", "model_description"]
 
 #: Name -> one-line description (shown in the results' metadata).
 MODELS: dict[str, str] = {
@@ -32,6 +32,17 @@ VIT_IMAGE = 224
 
 def model_description(name: str) -> str:
     return MODELS[name]
+
+
+def import_libraries(name: str) -> None:
+    """Import what building model ``name`` imports, without building it: what a program does at its top, before
+    ``torchkiln.preload`` (a module first imported while preload's imports run waits for them)."""
+    if name in ("demo", "tiny"):
+        import torchkiln.demo_model  # noqa: F401
+    elif name == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel  # noqa: F401
+    elif name == "vit":
+        from transformers import ViTConfig, ViTForImageClassification  # noqa: F401
 
 
 def build_model(name: str, device: str) -> tuple[nn.Module, tuple[Any, ...]]:
