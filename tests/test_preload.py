@@ -200,3 +200,49 @@ def test_prefetched_bytes_are_used_only_for_the_same_bytes_and_key() -> None:
     assert loader._take("other", b"abc", None) is None
     assert loader._take("k", b"abc", None) is fake
     assert loader._take("k", b"abc", None) is None  # once
+
+
+def _slow_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, seconds: float) -> None:
+    (tmp_path / f"{name}.py").write_text(f"import time\ntime.sleep({seconds})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_preload_waits_until_no_other_thread_is_inside_an_import(
+    no_preload: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread mid-import may hold a module lock the preload thread needs: preload takes the import lock
+    only once that import is over (otherwise: a deadlock)."""
+    import importlib
+    import time
+
+    _slow_module(tmp_path, monkeypatch, "tk_slow_import_a", 1.0)
+    other = threading.Thread(target=importlib.import_module, args=("tk_slow_import_a",))
+    other.start()
+    time.sleep(0.2)  # the other thread is inside the module body now
+    assert preload_module._importing_threads({threading.get_ident()}) == {other.ident}
+    start = time.monotonic()
+    job = preload_module.preload(cache=str(tmp_path / "c"), device="cpu")
+    waited = time.monotonic() - start
+    other.join()
+    assert job.join(300)
+    assert waited >= 0.5, waited  # returned only after the other import finished
+    assert job.background_imports is True and job.state == "done"
+    assert job.timings["lock_wait"] >= 0.5
+
+
+def test_preload_leaves_the_work_to_compile_when_other_threads_keep_importing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import time
+
+    _slow_module(tmp_path, monkeypatch, "tk_slow_import_b", 1.0)
+    other = threading.Thread(target=importlib.import_module, args=("tk_slow_import_b",))
+    other.start()
+    time.sleep(0.2)
+    lock = preload_module._import_lock()
+    assert lock is not None
+    assert preload_module._hold_when_no_import_runs(lock, threading.get_ident(), limit=0.1) is False
+    other.join()  # it could finish its import: the lock was not kept
+    assert preload_module._hold_when_no_import_runs(lock, threading.get_ident(), limit=0.1) is True
+    lock[1]()

@@ -20,10 +20,11 @@ The thread, in order:
    _ModuleLock('torch._dynamo')`` or ``cannot import name 'IndentedBuffer' from partially initialized module
    'torch._inductor.utils'``). Modules already imported stay usable on every thread; weights I/O and tensor work
    run in parallel. Deadlock-free because the thread never waits for another thread while it holds the lock: it
-   starts before any other thread is inside an import it needs (preload is called between statements, and
-   ``preload()`` returns only after the thread holds the lock), and nothing it imports waits for CUDA's
-   initialization lock (checked: ``benchmarks/`` and tests/test_preload.py). The install memo (``torch_key``,
-   and ``triton_key`` for a GPU) is applied in this phase too.
+   takes the lock only at a moment no other thread is inside an import (it reads the owners of importlib's module
+   locks with the lock held and retries while there are any, the caller of ``preload`` aside, for at most 30 s;
+   then it leaves all the work to ``compile``), ``preload()`` returns only after the thread holds the lock, and
+   nothing it imports waits for CUDA's initialization lock (checked with a mocked CUDA on torch 2.11). The
+   install memo (``torch_key``, and ``triton_key`` for a GPU) is applied in this phase too.
 2. **The artifact, without the lock**, when preload can know which one: the exact ``key`` (a ``CompiledModule.key``
    kept from an earlier run), a ``name`` (the ``name=`` the program passes to ``compile``: every stored key of that
    name, at most :data:`MAX_CANDIDATES`), or the ``target`` and ``example_inputs`` themselves. Each is read from the
@@ -66,6 +67,8 @@ DEFAULT_JOIN_TIMEOUT = 60.0
 MAX_CANDIDATES = 4
 #: Phase 1 waits are bounded too: imports that take longer than this are reported as a hang, never waited forever.
 _IMPORT_PHASE_LIMIT = 600.0
+#: How long the thread waits for a moment when no other thread is inside an import before it gives up on phase 1.
+_START_LIMIT = 30.0
 
 
 class Preload:
@@ -123,18 +126,23 @@ class Preload:
         started = threading.Event()
         self._thread = threading.Thread(
             target=self._run,
-            args=(lock, started, work),
+            args=(lock, started, work, threading.get_ident()),
             name="torchkiln-preload",
             daemon=False,  # never killed while it holds the import lock; it ends on its own
         )
         self._thread.start()
         started.wait()  # the thread holds the import lock: from here on no other thread starts an import
 
-    def _run(self, lock: tuple[Any, Any] | None, started: threading.Event, work: _Work) -> None:
+    def _run(self, lock: tuple[Any, Any] | None, started: threading.Event, work: _Work, caller: int) -> None:
         t0 = time.perf_counter()
         try:
+            if lock is not None and not _hold_when_no_import_runs(lock, caller):
+                log.info("torchkiln.preload: other threads kept importing; the work stays with compile")
+                self.background_imports = False
+                lock = None
+                work.keys = work.name = None  # phase 2 would import on this thread, without the lock
+            self.timings["lock_wait"] = time.perf_counter() - t0
             if lock is not None:
-                lock[0]()
                 try:
                     started.set()
                     self._phase_imports(work)
@@ -210,7 +218,7 @@ class Preload:
                     restored = _timed(self.timings, "restore_kernels", kernels.restore, decoded.sections["kernels"])
                 except OSError as exc:
                     log.info("torchkiln.preload: could not restore the kernels of %s: %s", store_key, exc)
-            if restored is not None and header.device_type == "cpu" and not self._abandoned:
+            if restored is not None and header.device_type == "cpu" and self.background_imports and not self._abandoned:
                 # Inductor's CPU ISA, picked now as the load would (its probes spawn one process each)
                 _timed(self.timings, "settle_isa", inductor_cache.settle_isa, restored)
             with self._offer_lock:
@@ -229,6 +237,44 @@ class _Work:
     keys: list[str] | None
     name: str | None
     device: str | None
+
+
+def _importing_threads(exclude: set[int]) -> set[int]:
+    """Threads (other than ``exclude``) inside an import right now: the owners of importlib's module locks.
+
+    Read with the import lock held, so no module lock is created meanwhile. importlib's own bookkeeping
+    (``_bootstrap._module_locks``: name -> weakref to a ``_ModuleLock`` whose ``owner`` is the importing thread's
+    id, None when free; CPython 3.11-3.14); where it looks otherwise, nothing is reported (the documented rule,
+    call preload between statements, is what remains)."""
+    from importlib import _bootstrap
+
+    locks = getattr(_bootstrap, "_module_locks", None)
+    if not isinstance(locks, dict):
+        return set()
+    owners = set()
+    for ref in list(locks.values()):
+        lock = ref() if callable(ref) else None
+        owner = getattr(lock, "owner", None)
+        if isinstance(owner, int) and owner not in exclude:
+            owners.add(owner)
+    return owners
+
+
+def _hold_when_no_import_runs(lock: tuple[Any, Any], caller: int, limit: float = _START_LIMIT) -> bool:
+    """Take the import lock at a moment no other thread is inside an import (one could hold a module lock the
+    preload thread will need, and wait for the import lock: a deadlock). The caller of ``preload`` is excluded:
+    it waits for this thread and imports nothing meanwhile (a module it is importing itself is never one preload
+    imports). False when other threads kept importing for ``limit`` seconds (then the lock is not held)."""
+    me = threading.get_ident()
+    deadline = time.monotonic() + limit
+    while True:
+        lock[0]()
+        if not _importing_threads({me, caller}):
+            return True
+        lock[1]()
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
 
 
 def _timed(timings: dict[str, float], step: str, fn: Any, *args: Any) -> Any:
