@@ -12,7 +12,7 @@ LINT_PATHS := $(wildcard src tests tools benchmarks fuzz examples)
 # pip's warnings about absent local index folders are noise on this machine, not errors.
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo test test-slow test-compat test-zoo test-zoo-compat test-matrix lint bench clean venv
+.PHONY: demo test test-slow test-preload-stress test-compat test-zoo test-zoo-compat test-matrix lint bench clean venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test: $(VENV)/.installed
 # __main__ scripts, tensor-parallel ranks under gloo. The rest of the zoo (marker `zoo`) is `make test-zoo`.
 test-slow: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -m "slow and not gpu and not zoo" $(PYTEST_ARGS)
+
+# 200 fresh processes that preload while three threads import the same modules, then compile (also in test-slow).
+test-preload-stress: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest tests/test_preload.py -k stress_200 -m slow $(PYTEST_ARGS)
 
 # The compat lane: the fix-dependent and real-model tests on a torch where the builtins bug lives.
 test-compat: $(COMPAT_VENV)/.installed

@@ -10,10 +10,17 @@
 #   pytest-gpu.txt         the `pytest -m gpu` run, if any gpu tests exist
 #   summary.txt            one line per step: its exit code and seconds
 #
+#   profile-{after,before}.txt  benchmarks/profile_hit.py of a hit on this device, with this checkout's torchkiln and
+#                          (PROFILE_BEFORE_SRC) another one's; their JSON goes into the logs tarball
+#
 # Knobs (environment): DEVICE (cuda; `DEVICE=cpu MODELS=tiny` is the local dry run), MODELS ("demo gpt2"),
-# REPS (3), CALLS (50), PHASES (all), SKIP_INSTALL (0), BUDGET_S (540: the whole script, leaving headroom under a 600 s call
-# limit), PHASE_TIMEOUT_S (300), PYTHON (python). Nothing fails hard: every step is time-limited and logged,
-# and the script exits 0 if at least one bench JSON was written.
+# REPS (3), CALLS (50), PHASES (all), ONCE (phases run in the first repetition only: `torchkiln bench --once`),
+# SKIP_INSTALL (0), BUDGET_S (540: the whole script, leaving headroom under a 600 s call limit), PHASE_TIMEOUT_S
+# (300), PYTHON (python), PROFILE_MODEL (unset: no profile), PROFILE_BEFORE_SRC (a src dir to profile as "before"),
+# PROFILE_TIMEOUT_S (120 each), PYCACHE_DIR (where the bytecode goes; default under the run's temp dir),
+# SKIP_DOCTOR (0).
+# Nothing fails hard: every step is time-limited and logged, and the script exits 0 if at least one bench JSON
+# was written.
 set -u -o pipefail
 START=$(date +%s)
 OUT=${OUT:-$PWD/out}
@@ -76,16 +83,16 @@ print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.versi
 print('torchkiln', torchkiln.__version__, torchkiln.__file__)
 if torch.cuda.is_available(): print(torch.cuda.get_device_name())
 "
-step doctor 120 "$PYTHON" -m torchkiln doctor > "$OUT/doctor.txt" 2>&1 || true
+[ "${SKIP_DOCTOR:-0}" = 1 ] || step doctor 120 "$PYTHON" -m torchkiln doctor > "$OUT/doctor.txt" 2>&1 || true
 
 # Bytecode: the GPU image ships its Python packages without .pyc files in a location we may not write, so every
 # fresh process would re-compile the sources of torch._dynamo, torch._inductor, sympy... (6.3 s of an 8.8 s hit,
 # measured with cProfile: builtins.compile). pip writes .pyc files at install time on a normal machine; give every
 # phase the same footing by byte-compiling once into a writable prefix.
-export PYTHONPYCACHEPREFIX="$WORK/pycache"
+export PYTHONPYCACHEPREFIX="${PYCACHE_DIR:-$WORK/pycache}"
 SITE=$("$PYTHON" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
 step bytecode 300 "$PYTHON" -m compileall -q -j 0 "$SITE/torch" "$SITE/sympy" "$SITE/networkx" "$SITE/triton" \
-  "$SITE/mpmath" "$SITE/jinja2" "$SITE/numpy" "$PWD/src" > /dev/null 2>&1 || true
+  "$SITE/mpmath" "$SITE/jinja2" "$SITE/numpy" "$PWD/src" ${PROFILE_BEFORE_SRC:+"$PROFILE_BEFORE_SRC"} > /dev/null 2>&1 || true
 step bytecode_imports 300 "$PYTHON" -c "import torch._dynamo, torch._inductor.standalone_compile, transformers
 from transformers import GPT2LMHeadModel, ViTModel" > /dev/null 2>&1 || true
 
@@ -96,6 +103,22 @@ if [ "${GPU_TESTS:-1}" = 1 ] && "$PYTHON" -c "import pytest" 2>/dev/null && [ "$
   step pytest_gpu 240 "$PYTHON" -m pytest tests/gpu -m gpu -q -s -p no:cacheprovider -p no:warnings \
     -o addopts="" > "$OUT/pytest-gpu.txt" 2>&1
   echo "pytest -m gpu exit code $? (5 = no gpu tests)"
+fi
+
+# Where a hit spends its time on this device, after and (with PROFILE_BEFORE_SRC) before this checkout's changes.
+# Both share one work dir: one machine, one install memo; the second profile's "miss" finds the first's artifact.
+if [ -n "${PROFILE_MODEL:-}" ]; then
+  for which in after before; do
+    src="$PWD/src"
+    if [ "$which" = before ]; then
+      [ -n "${PROFILE_BEFORE_SRC:-}" ] || continue
+      src="$PROFILE_BEFORE_SRC"
+    fi
+    [ "$(remaining)" -gt 150 ] || { echo "budget: skipping profile-$which" | tee -a "$OUT/summary.txt"; continue; }
+    step "profile_$which" "${PROFILE_TIMEOUT_S:-120}" "$PYTHON" benchmarks/profile_hit.py --model "$PROFILE_MODEL" \
+      --device "$DEVICE" --reps "${PROFILE_REPS:-1}" --workdir "$WORK/profile" --src "$src" \
+      --out "$OUT/profile-$which.json" > "$OUT/profile-$which.txt" 2>&1 || true
+  done
 fi
 
 for model in $MODELS; do
@@ -112,6 +135,7 @@ for model in $MODELS; do
         --timeout "$PHASE_TIMEOUT_S" --deadline "$((share - 15))" --workdir "$WORK/$model"
         --out "$OUT/bench-$model.json")
   [ -n "$PHASES" ] && args+=(--phases "$PHASES")
+  [ -n "${ONCE:-}" ] && args+=(--once "$ONCE")
   "$PYTHON" -c "import matplotlib" 2>/dev/null && args+=(--plot "$OUT/bench-$model.png")
   if "$PYTHON" -c "import rich" 2>/dev/null; then
     step "bench_$model" "$share" "$PYTHON" "${args[@]}" > "$OUT/bench-$model.txt"
@@ -121,17 +145,18 @@ for model in $MODELS; do
     step "bench_$model" "$share" "$PYTHON" -c '
 import json, os, sys
 from torchkiln.bench import BenchConfig, run_bench
-model, device, reps, calls, timeout, deadline, workdir, out, phases = sys.argv[1:10]
+model, device, reps, calls, timeout, deadline, workdir, out, phases, once = sys.argv[1:11]
 def write(results):
     with open(out + ".tmp", "w") as f:
         json.dump(results, f, indent=2, default=str)
     os.replace(out + ".tmp", out)
 extra = {"phases": phases.split(",")} if phases else {}
+extra["once"] = [p for p in once.split(",") if p]
 config = BenchConfig(models=[model], device=device, reps=int(reps), calls=int(calls), timeout_s=float(timeout),
                      deadline_s=float(deadline), workdir=workdir, **extra)
 write(run_bench(config, progress=print, on_update=write))
 ' "$model" "$DEVICE" "$REPS" "$CALLS" "$PHASE_TIMEOUT_S" "$((share - 15))" "$WORK/$model" \
-      "$OUT/bench-$model.json" "$PHASES"
+      "$OUT/bench-$model.json" "$PHASES" "${ONCE:-}"
   fi
   cat "$OUT/bench-$model.txt"
   # The same as Markdown tables, ready for BENCHMARKS.md.
@@ -148,6 +173,7 @@ echo "total seconds $(($(date +%s) - START))" >> "$OUT/summary.txt"
 cat "$OUT/summary.txt"
 # At most 8 files come back from the device machine: keep the results loose, pack everything else.
 (cd "$OUT" && tar czf /tmp/torchkiln-logs.tar.gz --exclude='bench-*.json' --exclude='bench-*.md' \
-  --exclude=summary.txt --exclude=pytest-gpu.txt . && find . -mindepth 1 ! -name 'bench-*.json' \
-  ! -name 'bench-*.md' ! -name summary.txt ! -name pytest-gpu.txt -delete && mv /tmp/torchkiln-logs.tar.gz .) || true
+  --exclude=summary.txt --exclude=pytest-gpu.txt --exclude='profile-*.txt' . && find . -mindepth 1 \
+  ! -name 'bench-*.json' ! -name 'bench-*.md' ! -name summary.txt ! -name pytest-gpu.txt ! -name 'profile-*.txt' \
+  -delete && mv /tmp/torchkiln-logs.tar.gz .) || true
 ls "$OUT"/bench-*.json >/dev/null 2>&1

@@ -1,6 +1,7 @@
 """Profile the torchkiln hit path step by step: where a load with empty Inductor caches spends its time.
 
     python benchmarks/profile_hit.py [--model demo] [--device cpu] [--reps 3] [--workdir DIR] [--out PROFILE.json]
+                                     [--src OTHER_CHECKOUT/src]
 
 It fills a fresh torchkiln cache with one miss (its own process), then runs the hit in fresh processes with
 empty Inductor/Triton caches (all of them share one ``XDG_CACHE_HOME`` under the workdir, which holds what
@@ -87,6 +88,9 @@ try:
     memo = None if memo is None else {"state": memo.state, "detail": memo.detail, "seconds": memo.seconds}
 except ImportError:  # a torchkiln without the install memo
     memo = None
+triton_memo = getattr(inductor_cache, "triton_report", lambda: None)() if memo is not None else None
+triton_memo = None if triton_memo is None else {"state": triton_memo.state, "detail": triton_memo.detail,
+                                                "seconds": triton_memo.seconds}
 new = set(sys.modules) - before
 groups = {}
 for name in new:
@@ -98,7 +102,8 @@ print("PROFILE " + json.dumps({
     "import_torch_s": t1 - t0, "import_torchkiln_s": t3 - t2, "build_model_s": t4 - t3,
     "compile_call_s": t6 - t5, "first_call_s": t7 - t6, "hit_to_first_output_s": t7 - t5,
     "modules_imported_by_hit": len(new), "module_groups": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
-    "source_hashes": hashes, "install_memo": memo,
+    "source_hashes": hashes, "install_memo": memo, "triton_memo": triton_memo,
+    "torch_version": torch.__version__,
 }))
 """
 
@@ -131,14 +136,17 @@ def _fresh(work: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="inductor-", dir=work))
 
 
+#: the torchkiln the children import (``--src``: another checkout's ``src``, e.g. the code before a change)
+_SRC = [str(Path(__file__).resolve().parents[1] / "src")]
+
+
 def _child_env(inductor_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_dir)
     env["TRITON_CACHE_DIR"] = str(inductor_dir / "triton")
     # one per run, shared by its processes (like one machine): torchkiln's per-install state, the install memo
     env["XDG_CACHE_HOME"] = str(inductor_dir.parent / "xdg")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC[0], env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -185,6 +193,7 @@ def _load(values: Any) -> str:
 def _print_report(report: dict[str, Any]) -> None:
     miss = report["miss"]
     hit = report["hit"]
+    print(f"torchkiln from {report['src']}, torch {hit.get('torch_version')}, device {report['device']}")
     print(f"load average at start {_load(report['load_average_start'])}, at end {_load(report['load_average_end'])}")
     print(f"miss: hit={miss['hit']} compile call {miss['compile_call_s']:.2f} s, artifact {miss['artifact_bytes']} B")
     print(f"  install memo after the miss: {miss.get('install_memo')}")
@@ -198,6 +207,7 @@ def _print_report(report: dict[str, Any]) -> None:
     runs = " ".join(f"{h['hit_to_first_output_s']:.3f}" for h in report["hits"])
     print(f"  hit_to_first_output_s    {hit['hit_to_first_output_s']:8.3f} s   (runs: {runs})")
     print(f"  install memo in the hits: {[h.get('install_memo') for h in report['hits']]}")
+    print(f"  triton memo in the hits: {[h.get('triton_memo') for h in report['hits']]}")
     print(f"  modules imported by the hit: {hit['modules_imported_by_hit']}: {hit['module_groups']}")
     print("costliest imports after `import torch` (cumulative s, -X importtime, inflated by its own overhead):")
     for row in report["imports_after_torch"][:15]:
@@ -230,13 +240,17 @@ def main() -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--reps", type=int, default=3, help="fresh hit processes (and hash processes) per median")
     parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument("--src", default=None, help="the torchkiln src dir the children import (default: this one)")
     args = parser.parse_args()
+    if args.src:
+        _SRC[0] = str(Path(args.src).resolve())
     work = Path(args.workdir or tempfile.mkdtemp(prefix="torchkiln-profile-"))
+    work.mkdir(parents=True, exist_ok=True)
     cache = work / "tkcache"
     py = sys.executable
     base = [py, "-c", CHILD, args.model, args.device, str(cache)]
 
-    report: dict[str, Any] = {"load_average_start": os.getloadavg()}
+    report: dict[str, Any] = {"load_average_start": os.getloadavg(), "src": _SRC[0], "device": args.device}
     miss = _parse(_run([*base, "plain"], _child_env(_fresh(work)), args.timeout))
     report["miss"] = miss
     report["hits"] = [_parse(_run([*base, "plain"], _child_env(_fresh(work)), args.timeout)) for _ in range(args.reps)]

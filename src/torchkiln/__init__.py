@@ -27,6 +27,7 @@ from torchkiln.errors import (
     UnsupportedTorchError,
     UntrustedArtifactError,
 )
+from torchkiln.preloader import Preload, preload
 from torchkiln.routing import install, installed, uninstall
 from torchkiln.specialization import Specialization
 
@@ -67,6 +68,8 @@ __all__ = [
     "install",
     "uninstall",
     "installed",
+    "preload",
+    "Preload",
     "fixes",
     "apply_fixes",
     "TorchkilnWarning",

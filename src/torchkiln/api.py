@@ -110,6 +110,9 @@ def compile(
     Every setting is checked before any work: a bad ``TORCHKILN_*`` variable, cache URL or argument is a
     ``ConfigError`` (``InvalidArgumentError``, also a ``TypeError``, for an argument of the wrong type).
     """
+    from torchkiln import preloader
+
+    preloader.join_before_compile()  # a running torchkiln.preload() finishes its imports before anything here runs
     config = settings.current()
     settings.configure_logging(config.log_level)
     check_supported()

@@ -151,6 +151,7 @@ def compile_target(
     seconds["fixes"] = time.perf_counter() - start
     start = time.perf_counter()
     inductor_cache.prime_torch_key()  # torch's source-tree hash from the install memo (or hashed once, memoized)
+    inductor_cache.prime_triton_key()  # Triton's, where Triton is installed: every compile there asks for it
     seconds["install_memo"] = time.perf_counter() - start
     guard_filter = _SerializableGuardFilter(frozenset(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES))
     compile_options: dict[str, Any] = dict(options or {})
@@ -352,9 +353,11 @@ def load(
 
     f_globals = loader_globals(target, is_module)
     if device_type != "cpu":
-        # A GPU hit keys every Triton kernel it loads with torch_key(): from the install memo, torch need not hash
-        # its own sources. A CPU hit never calls it (benchmarks/results/cpu-profile-hit-*.txt): no memo check there.
+        # A GPU hit keys every Triton kernel it loads with torch_key() and triton_key(): from the install memo,
+        # neither torch nor Triton hashes its own sources. A CPU hit calls neither (benchmarks/results/
+        # cpu-profile-hit-*.txt, cpu211-profile-hit-*.txt): no memo check there.
         inductor_cache.prime_torch_key()
+        inductor_cache.prime_triton_key()
     # Kernels load in this process (compile_threads); a restored bundle's settings are applied around this call by
     # the load path (loader.py, kernels.loading), while check_loadable loads with the compiling process's own.
     with inductor_cache.loading(bundle_settings=False):

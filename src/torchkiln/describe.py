@@ -319,7 +319,7 @@ def _module_reach(root: str, module: Any, found: dict[str, Any]) -> None:
     classes: set[type] = set()
     for path, sub in module.named_modules(remove_duplicate=False):
         prefix = f"{root}{path}" if path else root.rstrip(".")
-        tensors = {**sub._parameters, **sub._buffers}
+        tensors = {**sub._parameters, **sub._buffers}  # noqa: SLF001 - nn.Module's own registries, None placeholders included
         for name, value in sorted(vars(sub).items()):
             if name in ("_parameters", "_buffers", "_modules"):
                 continue

@@ -11,7 +11,9 @@ first call: torch's kept guards and the re-checks on the call's arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,9 +23,47 @@ from torchkiln.errors import IncompatibleArtifactError, StaleArtifactError, Torc
 from torchkiln.fingerprint import Fingerprint
 from torchkiln.header import ArtifactHeader
 
-__all__ = ["check_header", "load"]
+__all__ = ["Prefetched", "check_header", "load", "offer", "withdraw"]
 
 log = logging.getLogger("torchkiln")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefetched:
+    """What ``torchkiln.preload`` did ahead of a load for one stored artifact: read (``data``), verified and decoded
+    it (``decoded``, ``header``; with ``signing_key``), restored its kernels (``restored``, None when it had none or
+    they could not be written)."""
+
+    data: bytes
+    decoded: artifact.Artifact
+    header: ArtifactHeader
+    signing_key: bytes | None
+    restored: kernels.RestoreReport | None
+
+
+#: store key -> what preload prepared for it; each entry is used (popped) by the first load of those exact bytes.
+_prefetched: dict[str, Prefetched] = {}
+_prefetched_lock = threading.Lock()
+
+
+def offer(store_key: str, prefetched: Prefetched) -> None:
+    """Hand :func:`load` the work preload did for ``store_key`` (used only for the very same bytes and key)."""
+    with _prefetched_lock:
+        _prefetched[store_key] = prefetched
+
+
+def withdraw() -> None:
+    """Forget everything offered and not used yet (a preload that was abandoned or replaced)."""
+    with _prefetched_lock:
+        _prefetched.clear()
+
+
+def _take(store_key: str, data: bytes, signing_key: bytes | None) -> Prefetched | None:
+    with _prefetched_lock:
+        found = _prefetched.pop(store_key, None)
+    if found is None or found.signing_key != signing_key or (found.data is not data and found.data != data):
+        return None  # nothing prepared, or prepared for other bytes (the store changed) or another signing key
+    return found
 
 
 def check_header(
@@ -95,8 +135,12 @@ def load(
     caller (api.py) owns the warn-or-raise policy.
     """
     start = time.perf_counter()
-    decoded = artifact.decode(data, signing_key=signing_key, where=store_key)
-    header = ArtifactHeader.from_dict(decoded.header, where=store_key)
+    prefetched = _take(store_key, data, signing_key)
+    if prefetched is None:
+        decoded = artifact.decode(data, signing_key=signing_key, where=store_key)
+        header = ArtifactHeader.from_dict(decoded.header, where=store_key)
+    else:  # verified and decoded by preload (the same bytes, the same signing key)
+        decoded, header = prefetched.decoded, prefetched.header
     rechecker = check_header(
         header,
         key=key,
@@ -108,8 +152,8 @@ def load(
     )
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
-    report = None
-    if "kernels" in decoded.sections:
+    report = None if prefetched is None else prefetched.restored
+    if report is None and "kernels" in decoded.sections:
         try:
             report = kernels.restore(decoded.sections["kernels"])
         except OSError as exc:

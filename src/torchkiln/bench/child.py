@@ -91,11 +91,15 @@ def _prepare(
         info["artifact_bytes"] = Path(artifact).stat().st_size
         loaded = torch.compiler.load_compiled_function(io.BytesIO(Path(artifact).read_bytes()), f_globals=vars(models))
         return lambda: loaded(model, *inputs), info
-    if phase in ("tk_miss", "tk_hit_empty", "tk_hit_warm"):
+    if phase in ("tk_miss", "tk_hit_empty", "tk_hit_warm", "tk_preload"):
         import torchkiln
 
         cm = torchkiln.compile(model, inputs, cache=spec["tk_cache"])
         info.update(artifact_bytes=cm.artifact_bytes, hit=cm.hit, key=cm.key, tk_timings=dict(cm.timings))
+        job = torchkiln.preloader.current()
+        if job is not None:
+            info.update(preload_state=job.state, preload_timings=dict(job.timings), preload_error=job.error)
+            info["preload_prefetched"] = list(job.prefetched)
         return lambda: cm(*inputs), info
     raise ValueError(f"unknown phase {phase!r}")
 
@@ -130,6 +134,76 @@ def _save_prep(kind: str, spec: dict[str, Any], model: Any, inputs: tuple[Any, .
     return Path(path).stat().st_size
 
 
+def _save_weights(model: Any, path: str) -> tuple[int, str]:
+    """The model's weights as a safetensors file (``save_model``: tied weights such as GPT-2's are fine), or a
+    ``torch.save`` file next to it where safetensors is missing; returns its size and path."""
+    try:
+        from safetensors.torch import save_model
+    except ImportError:
+        import torch
+
+        path = str(Path(path).with_suffix(".pt"))
+        torch.save(model.state_dict(), path)
+    else:
+        save_model(model, path)
+    return Path(path).stat().st_size, path
+
+
+def _weights_reader(path: str) -> None:
+    """Import what :func:`_load_weights` uses for ``path``."""
+    if path.endswith(".safetensors"):
+        import safetensors.torch  # noqa: F401
+
+
+def _load_weights(model: Any, path: str, device: str) -> str:
+    """Read the weights file into ``model`` (what an inference server does at start); returns the format."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_model
+
+        load_model(model, path, device=device)
+        return "safetensors"
+    import torch
+
+    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    return "torch.save"
+
+
+def _setup(spec: dict[str, Any], device: str, sync: Callable[[], None], result: dict[str, Any]) -> tuple[Any, Any]:
+    """Build the model and inputs (the same work in every phase); the preload scenario first starts
+    ``torchkiln.preload`` and afterwards reads the weights file, as an inference server does."""
+    from torchkiln.bench.models import build_model, import_libraries
+
+    if spec["phase"] == "tk_preload":
+        # The server pattern: the program's own imports first (the model's library, the weights reader), then
+        # preload, then the model and its weights while preload's thread runs.
+        import torchkiln
+
+        import_libraries(spec["model"])
+        _weights_reader(spec.get("weights") or "")
+        t = time.perf_counter()
+        torchkiln.preload(cache=spec["tk_cache"], key=spec.get("key"), device=device)
+        result["preload_call_s"] = time.perf_counter() - t
+
+    model, inputs = build_model(spec["model"], device)
+    if spec.get("weights") and spec["phase"] != "prep":
+        t = time.perf_counter()
+        result["weights_format"] = _load_weights(model, spec["weights"], device)
+        sync()
+        result["weights_load_s"] = time.perf_counter() - t
+    return model, inputs
+
+
+def _compare(spec: dict[str, Any], out: Any, result: dict[str, Any]) -> None:
+    """The eager phase saves the reference output; every other phase reports its distance to it."""
+    import torch
+
+    ref_path = spec.get("ref")
+    if spec["phase"] == "eager" and ref_path and not Path(ref_path).exists():
+        torch.save([t.detach().cpu() for t in _tensors(out)], ref_path)
+    elif ref_path and Path(ref_path).exists():
+        result["max_abs_diff"] = _max_abs_diff(out, torch.load(ref_path))
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "phase": spec["phase"],
@@ -151,15 +225,16 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if device == "cuda":
         result["device_name"] = torch.cuda.get_device_name()
 
-    from torchkiln.bench.models import build_model
-
-    model, inputs = build_model(spec["model"], device)
+    model, inputs = _setup(spec, device, sync, result)
     t_setup = time.perf_counter()
     result["setup_s"] = t_setup - t_torch
     with torch.no_grad():
         if spec["phase"] == "prep":
             # Building an artifact for a load phase: the whole compile + save is the one number.
-            result["artifact_bytes"] = _save_prep(spec["prep"], spec, model, inputs)
+            if spec["prep"] == "weights":
+                result["artifact_bytes"], result["saved_as"] = _save_weights(model, spec["save"])
+            else:
+                result["artifact_bytes"] = _save_prep(spec["prep"], spec, model, inputs)
             result["prep_s"] = time.perf_counter() - t_setup
             result["ok"] = True
             return result
@@ -176,11 +251,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             process_s=(t_first - _T0) + result["python_start_s"],
             rss_first_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
-        ref_path = spec.get("ref")
-        if spec["phase"] == "eager" and ref_path and not Path(ref_path).exists():
-            torch.save([t.detach().cpu() for t in _tensors(out)], ref_path)
-        elif ref_path and Path(ref_path).exists():
-            result["max_abs_diff"] = _max_abs_diff(out, torch.load(ref_path))
+        _compare(spec, out, result)
         for _ in range(WARMUP_CALLS):
             call()
         sync()

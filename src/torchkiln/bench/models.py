@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["MODELS", "build_model", "call_module", "model_description"]
+__all__ = ["MODELS", "build_model", "call_module", "import_libraries", "model_description"]
 
 #: Name -> one-line description (shown in the results' metadata).
 MODELS: dict[str, str] = {
@@ -34,27 +34,41 @@ def model_description(name: str) -> str:
     return MODELS[name]
 
 
+def import_libraries(name: str) -> None:
+    """Import what building model ``name`` imports, without building it: what a program does at its top, before
+    ``torchkiln.preload`` (a module first imported while preload's imports run waits for them)."""
+    if name in ("demo", "tiny"):
+        import torchkiln.demo_model  # noqa: F401
+    elif name == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel  # noqa: F401
+    elif name == "vit":
+        from transformers import ViTConfig, ViTForImageClassification  # noqa: F401
+
+
 def build_model(name: str, device: str) -> tuple[nn.Module, tuple[Any, ...]]:
     """Build model ``name`` in eval mode on ``device`` with seeded random weights, and its example inputs."""
     import torch
 
     if name not in MODELS:
         raise ValueError(f"unknown benchmark model {name!r}; known: {', '.join(MODELS)}")
-    # fork_rng: weights and inputs depend only on SEED, never on what ran before in the process.
-    with torch.random.fork_rng(devices=[]):
+    # fork_rng: weights and inputs depend only on SEED, never on what ran before in the process. The transformers
+    # models initialise their weights on the target device (GPT-2's 124 M parameters took 12-16 s of CPU init per
+    # process on the H200 host), from that device's generator, seeded by the same manual_seed.
+    devices = [] if device == "cpu" else [torch.device(device).index or 0]
+    with torch.random.fork_rng(devices=devices, device_type=torch.device(device).type):
         torch.manual_seed(SEED)
-        model, inputs = _BUILDERS[name]()
+        model, inputs = _BUILDERS[name](device)
     model = model.eval().to(device)
     return model, tuple(t.to(device) for t in inputs)
 
 
-def _demo() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def _demo(_device: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     from torchkiln.demo_model import build_demo_model, demo_inputs
 
     return build_demo_model(), demo_inputs()
 
 
-def _tiny() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def _tiny(_device: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     import torch
 
     from torchkiln.demo_model import TinyTransformer
@@ -63,16 +77,17 @@ def _tiny() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return model, (torch.randint(0, 64, (2, 16)),)
 
 
-def _gpt2() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def _gpt2(device: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257, use_cache=False)
-    model = GPT2LMHeadModel(config)
+    with torch.device(device):
+        model = GPT2LMHeadModel(config)
     return model, (torch.randint(0, config.vocab_size, (1, 128)),)
 
 
-def _vit() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def _vit(device: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -87,7 +102,8 @@ def _vit() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         patch_size=16,
         **kwargs,
     )
-    model = ViTForImageClassification(config)
+    with torch.device(device):
+        model = ViTForImageClassification(config)
     return model, (torch.randn(2, 3, VIT_IMAGE, VIT_IMAGE),)
 
 

@@ -102,6 +102,23 @@ def render_model(name: str, model: dict[str, Any]) -> Group:
         for step, seconds in timings.items():
             where.add_row(step, _fmt(seconds, ".4f"))
         parts.append(where)
+    preload = model["phases"].get("tk_preload", {}).get("summary", {})
+    if preload.get("preload_timings"):
+        pre = Table(
+            title="the preload scenario (median; preload's thread ran while the weights were read)",
+            title_justify="left",
+            min_width=70,
+        )
+        pre.add_column("step")
+        pre.add_column("seconds", justify="right")
+        for step, value in (
+            ("preload() call (the caller waits for this only)", preload.get("preload_call_s")),
+            ("weights read from the file", preload.get("weights_load_s")),
+            *((f"preload thread: {k}", v) for k, v in preload["preload_timings"].items()),
+            ("weights-ready to first output", preload.get("first_output_s")),
+        ):
+            pre.add_row(step, _fmt(value, ".4f"))
+        parts.append(pre)
     if model.get("targets"):
         tgt = Table(title="targets (ratios within this run)", title_justify="left")
         for column in ("target", "value", "limit", "verdict"):

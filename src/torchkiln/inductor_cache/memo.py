@@ -34,10 +34,8 @@ callable ``set`` and ``clear`` (2.11: ``codecache.torch_key_cache``, whose ``set
 torch hashes, as without torchkiln; never an ImportError. Checked on torch 2.11.0 and 2.13.0 (2.12 not run here);
 the range ends before 2.14 because the identity mirrors what ``torch_key`` hashes there: review it first.
 
-Not memoized: Triton's ``triton_key()`` (``triton/runtime/cache.py``, ~0.42 s on a GPU host; it hashes
-``libtriton.so``) is a plain ``functools.lru_cache`` without a pre-population hook, bound by name in
-``triton_compat`` and ``triton.runtime.autotuner``; torch 2.13's ``codecache.triton_key`` has a ``set``, but only
-``CacheBase.get_system`` calls it.
+Triton's ``triton_key()`` (~0.42 s on a GPU host; it hashes ``libtriton.so``) has its own memo with the same file
+format and rules: triton_memo.py.
 """
 
 from __future__ import annotations
@@ -113,9 +111,10 @@ def memo_dir(root: Path | None = None) -> Path:
     return Path(root) / LAYOUT_VERSION / "memo"
 
 
-def memo_path(torch_dir: str | os.PathLike[str], root: Path | None = None) -> Path:
+def memo_path(torch_dir: str | os.PathLike[str], root: Path | None = None, *, prefix: str = "torch-key") -> Path:
+    """The memo file of the install at ``torch_dir`` (``prefix``: ``torch-key``, ``triton-key`` for Triton's)."""
     name = hashlib.sha256(os.path.realpath(os.fspath(torch_dir)).encode("utf-8", "surrogateescape")).hexdigest()
-    return memo_dir(root) / f"torch-key-{name[:24]}.json"
+    return memo_dir(root) / f"{prefix}-{name[:24]}.json"
 
 
 def _checksum(body: dict[str, Any]) -> str:
@@ -158,7 +157,11 @@ def _read_private(path: Path) -> bytes:
         return handle.read(_MAX_MEMO_BYTES + 1)
 
 
-def _parse(raw: bytes, identity: InstallIdentity) -> dict[str, str]:
+def _is_torch_key(value: object) -> bool:
+    return _is_hex(value, 64)
+
+
+def _parse(raw: bytes, identity: InstallIdentity, name: str, valid: Callable[[object], bool]) -> dict[str, str]:
     try:
         memo = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -171,23 +174,29 @@ def _parse(raw: bytes, identity: InstallIdentity) -> dict[str, str]:
     if body.get("format") != MEMO_FORMAT or body.get("kind") != _KIND:
         raise _IgnoredMemoError("the memo has another format")
     if body.get("identity") != identity.digest:
-        raise _IgnoredMemoError("the memo was written for another install (torch changed since)")
+        raise _IgnoredMemoError("the memo was written for another install (its files changed since)")
     values = body.get("values")
-    if not isinstance(values, dict) or not _is_hex(values.get("torch_key"), 64):
-        raise _IgnoredMemoError("the memo has no valid torch_key")
-    return {"torch_key": str(values["torch_key"])}
+    if not isinstance(values, dict) or set(values) != {name} or not valid(values[name]):
+        raise _IgnoredMemoError(f"the memo has no valid {name}")
+    return {name: str(values[name])}
 
 
-def read_memo(path: Path, identity: InstallIdentity) -> tuple[dict[str, str] | None, str]:
-    """(the memo's values, "") when ``path`` holds a valid memo for ``identity``; else (None, why not)."""
+def read_memo(
+    path: Path, identity: InstallIdentity, *, name: str = "torch_key", valid: Callable[[object], bool] = _is_torch_key
+) -> tuple[dict[str, str] | None, str]:
+    """(the memo's values, "") when ``path`` holds a valid memo of ``name`` for ``identity``; else (None, why not).
+
+    ``valid`` checks the value's shape (torch_key: 64 hex digits)."""
     try:
-        return _parse(_read_private(path), identity), ""
+        return _parse(_read_private(path), identity, name, valid), ""
     except _IgnoredMemoError as exc:
         return None, str(exc)
 
 
 def write_memo(path: Path, identity: InstallIdentity, values: dict[str, str], *, torch_version: str) -> None:
-    """Atomically write the memo (0600, in a 0700 directory of this user); OSError when it cannot."""
+    """Atomically write the memo (0600, in a 0700 directory of this user); OSError when it cannot.
+
+    ``torch_version``: the version of the install the memo is for (torch's, or Triton's for its memo)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     refused = _private(path.parent.stat())
     if refused:

@@ -33,6 +33,7 @@ __all__ = [
     "inductor_cache_dirs",
     "loading",
     "recording",
+    "settle_isa",
     "without_custom_op_aliasing_check",
 ]
 
@@ -128,6 +129,19 @@ def loading(restored: Restored | None = None, *, bundle_settings: bool = True) -
             if restored is not None and restored.isa and restored.cpu_matches:
                 _trust_isa(restored.isa)
         yield
+
+
+def settle_isa(restored: Restored) -> bool:
+    """What :func:`loading` does about the CPU ISA, done ahead (``torchkiln.preload``, once the kernels of a CPU
+    artifact are restored): with the bundle's settings, let Inductor pick its ISA trusting the recorded one, so the
+    load finds ``valid_vec_isa_list`` computed (its dry-run probes spawn one process each). True when it ran."""
+    from torch._inductor import config
+
+    if not (restored.isa and restored.cpu_matches):
+        return False
+    with config.patch(dict(restored.settings)):
+        _trust_isa(restored.isa)
+    return True
 
 
 @contextlib.contextmanager
