@@ -350,28 +350,38 @@ def qwen_vl_inputs(batch: int = 1, seq: int = SEQ) -> dict[str, Any]:
     }
 
 
-def qwen_vl_language_inputs(family: str, batch: int = 1, seq: int = SEQ) -> dict[str, Any]:
-    """The recipe that serves Qwen2-VL / Qwen2.5-VL (the whole model does not trace: docs/MODELS.md): the vision
-    tower and the 3-D rope index run eagerly, once per request, and the language model (the per-token cost) is the
-    torchkiln artifact, called with the merged ``inputs_embeds`` and ``position_ids``."""
-    model = FAMILIES[family].make()
-    kwargs = qwen_vl_inputs(batch, seq)["kwargs"]
-    ids, grid = kwargs["input_ids"], kwargs["image_grid_thw"]
-    with torch.no_grad():
-        image = torch.cat(model.model.get_image_features(kwargs["pixel_values"], grid).pooler_output)
-        embeds = model.get_input_embeddings()(ids)
-        mask = (ids == QWEN_VL_IMAGE_TOKEN).unsqueeze(-1).expand_as(embeds)
-        embeds = embeds.masked_scatter(mask, image)
-        position_ids, _ = model.model.get_rope_index(ids, kwargs["mm_token_type_ids"], image_grid_thw=grid)
-    return {"args": (), "kwargs": {"inputs_embeds": embeds, "position_ids": position_ids, "use_cache": False}}
+def vlm_language_inputs(family: str, batch: int = 1, seq: int = SEQ) -> dict[str, Any]:
+    """The recipe for a vision-language model whose whole forward does not trace (Qwen2-VL and Qwen2.5-VL on every
+    torch; Llava and PaliGemma on torch < 2.13; docs/MODELS.md): the vision tower, the image-token scatter and the
+    rope index run eagerly, once per request, and the model called with the merged ``inputs_embeds`` (and the 3-D
+    ``position_ids`` the Qwen models compute from ``image_grid_thw``) is the torchkiln artifact: the per-token cost.
+
+    What the language model receives is captured from one eager call of the whole model, so the recipe's output
+    equals the whole model's by construction.
+    """
+    model = FAMILIES[family.removesuffix("_lm")].make()
+    kwargs = FAMILIES[family.removesuffix("_lm")].make_inputs(batch=batch, seq=seq)["kwargs"]
+    seen: dict[str, Any] = {}
+    language_model = model.model.language_model
+    hook = language_model.register_forward_pre_hook(lambda _m, _a, kw: seen.update(kw), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**kwargs)
+    finally:
+        hook.remove()
+    recipe = {"inputs_embeds": seen["inputs_embeds"], "use_cache": False}
+    if seen.get("position_ids") is not None:
+        recipe["position_ids"] = seen["position_ids"]
+    if "token_type_ids" in kwargs:  # PaliGemma's prefix-LM mask is built from them at the top level
+        recipe["token_type_ids"] = kwargs["token_type_ids"]
+    return {"args": (), "kwargs": recipe}
 
 
-def _qwen2_vl_lm_inputs(batch: int = 1, seq: int = SEQ) -> dict[str, Any]:
-    return qwen_vl_language_inputs("qwen2_vl", batch, seq)
+def _recipe(family: str) -> Callable[..., dict[str, Any]]:
+    def make(batch: int = 1, seq: int = SEQ) -> dict[str, Any]:
+        return vlm_language_inputs(family, batch, seq)
 
-
-def _qwen2_5_vl_lm_inputs(batch: int = 1, seq: int = SEQ) -> dict[str, Any]:
-    return qwen_vl_language_inputs("qwen2_5_vl", batch, seq)
+    return make
 
 
 def _llava_inputs(batch: int = 1, seq: int = SEQ) -> dict[str, Any]:
@@ -416,9 +426,11 @@ FAMILIES: dict[str, Family] = {
         Family("paligemma", "PaliGemmaForConditionalGeneration", _paligemma_build, _paligemma_inputs),
         Family("qwen2_vl", "Qwen2VLForConditionalGeneration", _seeded(_qwen2_vl), qwen_vl_inputs),
         Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", _seeded(_qwen2_5_vl), qwen_vl_inputs),
-        # the recipe: the same models called with inputs_embeds + 3-D position_ids (vision tower eager)
-        Family("qwen2_vl_lm", "Qwen2VLForConditionalGeneration", _seeded(_qwen2_vl), _qwen2_vl_lm_inputs),
-        Family("qwen2_5_vl_lm", "Qwen2_5_VLForConditionalGeneration", _seeded(_qwen2_5_vl), _qwen2_5_vl_lm_inputs),
+        # the recipe (vlm_language_inputs): the same models called with inputs_embeds, vision tower eager
+        Family("llava_lm", "LlavaForConditionalGeneration", hf_models.make_llava, _recipe("llava_lm")),
+        Family("paligemma_lm", "PaliGemmaForConditionalGeneration", _paligemma_build, _recipe("paligemma_lm")),
+        Family("qwen2_vl_lm", "Qwen2VLForConditionalGeneration", _seeded(_qwen2_vl), _recipe("qwen2_vl_lm")),
+        Family("qwen2_5_vl_lm", "Qwen2_5_VLForConditionalGeneration", _seeded(_qwen2_5_vl), _recipe("qwen2_5_vl_lm")),
     )
 }
 

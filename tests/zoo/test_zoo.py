@@ -46,6 +46,17 @@ ATOL = 1e-4
 KNOWN_LIMITS: dict[tuple[str, str], tuple[SpecifierSet, str, str]] = {
     # torch.split(..., cu_seqlens.diff().tolist()) in the vision attention (and, for 2.5, the window index built
     # from grid_thw values): sizes that depend on tensor data. The *_lm families are the recipe that serves them.
+    # inputs_embeds[special_image_mask]: torch 2.11's Dynamo loses the unbacked size (2.13 traces it)
+    ("llava", "static"): (
+        SpecifierSet("<2.13.dev0"),
+        "PendingUnbackedSymbolNotFound",
+        "the image-token mask has a data-dependent size",
+    ),
+    ("paligemma", "static"): (
+        SpecifierSet("<2.13.dev0"),
+        "PendingUnbackedSymbolNotFound",
+        "the image-token mask has a data-dependent size",
+    ),
     ("qwen2_vl", "static"): (
         SpecifierSet(">=2.10.dev0"),
         "GuardOnDataDependentSymNode",
@@ -109,11 +120,14 @@ def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     loaded: dict[int, Any] = {}
     load_s = 0.0
     if good:
+        # Every case again, the ones that did not compile too (they fail in seconds): transformers records each
+        # model class a process instantiates in a global registry (output_capturing._CAN_RECORD_REGISTRY, a dict
+        # subclass) whose keys Dynamo guards in order, so a loading process must have built the same classes in
+        # the same order as the compiling one, or it misses (docs/MODELS.md, "Process history").
         start = time.perf_counter()
-        config = {"cache": str(work / "cache"), "compiles": [configs[i] for i in good]}
-        result = run_child(config, work / "load", timeout=1800)
+        result = run_child({"cache": str(work / "cache"), "compiles": configs}, work / "load", timeout=1800)
         load_s = time.perf_counter() - start
-        loaded = dict(zip(good, result["compiles"], strict=True))
+        loaded = {i: result["compiles"][i] for i in good}
     out = {case: {"built": built["compiles"][i], "loaded": loaded.get(i)} for i, case in enumerate(cases)}
     report = os.environ.get("ZOO_REPORT")  # a JSON file for docs/MODELS.md's table and the lane timings
     if report:
