@@ -95,3 +95,30 @@ def test_plot_writes_png(tmp_path: Any) -> None:
     results = {"meta": machine_info("cpu") | {"torch_version": "x"}, "models": {"tiny": model}}
     plot(results, str(tmp_path / "chart.png"))
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_measures_the_warm_ratio_and_the_preload_scenario() -> None:
+    """``torchkiln demo`` used to leave compile_warm out, so its "hit / warm torch.compile" target read "not
+    measured"; it runs it now, and the preload scenario."""
+    from torchkiln.bench.summary import targets
+    from torchkiln.cli.bench import _DEMO_PHASES
+
+    assert {"compile_cold", "compile_warm", "tk_hit_empty", "tk_preload"} <= set(_DEMO_PHASES)
+    assert needed_phases(_DEMO_PHASES) == [p for p in PHASES if p in _DEMO_PHASES]
+
+    def phase(first: float) -> dict[str, Any]:
+        return {"summary": {"first_output_s": first, "per_call_ms": 1.0}}
+
+    phases = {p: phase(s) for p, s in [("compile_cold", 20.0), ("compile_warm", 5.0), ("tk_hit_empty", 1.0)]}
+    verdicts = {t["target"]: t for t in targets("demo", "cpu", phases)}
+    warm = verdicts["hit (empty caches) / warm torch.compile"]
+    assert warm["value"] == pytest.approx(0.2) and warm["met"] is True
+    phases["tk_preload"] = phase(0.1)
+    gpu = {t["target"]: t for t in targets("demo", "cuda", phases)}
+    assert gpu["preload: weights-ready to first output"]["value"] == pytest.approx(0.1)
+    assert gpu["hit (empty caches) / warm torch.compile"]["limit"] == 0.25
+
+
+def test_once_phases_are_checked() -> None:
+    with pytest.raises(ValueError, match="--once"):
+        run_bench(BenchConfig(models=["tiny"], phases=["eager"], once=["tk_hit_empty"]))
