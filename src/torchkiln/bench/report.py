@@ -116,6 +116,8 @@ def render_model(name: str, model: dict[str, Any]) -> Group:
             ("weights read from the file", preload.get("weights_load_s")),
             *((f"preload thread: {k}", v) for k, v in preload["preload_timings"].items()),
             ("weights-ready to first output", preload.get("first_output_s")),
+            ("  of which waiting for the preload thread", preload.get("preload_wait_s")),
+            ("  the rest (the load and first call once preload is done)", preload.get("after_preload_s")),
         ):
             pre.add_row(step, _fmt(value, ".4f"))
         parts.append(pre)

@@ -32,6 +32,8 @@ NUMERIC_FIELDS = (
     "rss_first_mb",
     "preload_call_s",
     "weights_load_s",
+    "preload_wait_s",
+    "after_preload_s",
 )
 
 
@@ -66,8 +68,18 @@ def _median(values: list[Any]) -> float | None:
     return statistics.median(numbers) if numbers else None
 
 
+def _derive(run: dict[str, Any]) -> dict[str, Any]:
+    """The preload scenario's split of its first output: the wait for preload's thread (``join_wait``: its work
+    was not done when the weights were) and what is left once it is (``after_preload_s``)."""
+    wait = (run.get("preload_timings") or {}).get("join_wait")
+    first = run.get("first_output_s")
+    if isinstance(wait, (int, float)) and isinstance(first, (int, float)):
+        return {**run, "preload_wait_s": wait, "after_preload_s": first - wait}
+    return run
+
+
 def summarize_phase(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    ok = [r for r in runs if r.get("ok")]
+    ok = [_derive(r) for r in runs if r.get("ok")]
     summary: dict[str, Any] = {"n_ok": len(ok), "n_runs": len(runs)}
     for name in NUMERIC_FIELDS:
         summary[name] = _median([r.get(name) for r in ok])
