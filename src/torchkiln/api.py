@@ -155,6 +155,7 @@ def compile(
         recipe=recipe,
         config=config,
     )
+    specializer.rebuild = rebuild
     wrapper: Any = (
         wrappers.CompiledModule(target, specializer) if is_module else wrappers.CompiledFunction(target, specializer)
     )
@@ -174,3 +175,20 @@ def _open(cache: str | os.PathLike[str] | Store | None, strict: bool) -> Store |
             raise
         warn(f"torchkiln: cache unavailable, compiling without it: {exc}")
         return None
+
+
+def rebuild(target: Any, recipe: Recipe) -> Any:
+    """A lazy ``torchkiln.compile`` of ``target`` with ``recipe``'s arguments (copies, pickles, per-instance
+    methods). Lives here, not in wrappers.py, so that wrappers never import api (no import circle): a wrapper
+    reaches it through its specializer's ``rebuild`` attribute, and a pickle names it ``torchkiln.api.rebuild``."""
+    return compile(
+        target,
+        None,
+        cache=recipe.cache,
+        name=recipe.name,
+        dynamic=recipe.dynamic,
+        backend=recipe.backend,
+        mode=recipe.mode,
+        options=dict(recipe.options) or None,
+        strict=recipe.strict,
+    )

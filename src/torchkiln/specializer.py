@@ -27,7 +27,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from torchkiln import builder, cache_key, compiler, frames, loader, progress, request, settings
@@ -49,6 +49,10 @@ def _initialize_lazy(module: Any, args: Sequence[Any], kwargs: Mapping[str, Any]
         module._infer_parameters(module, tuple(args), dict(kwargs))  # noqa: SLF001 - what nn.Module's lazy-init hook itself calls
 
 
+def _no_rebuild(target: Any, recipe: Recipe) -> Any:
+    raise RuntimeError("this specializer was not made by torchkiln.compile, so it cannot make another one")
+
+
 class Specializer:
     """The specializations of ``target`` (an nn.Module or a function), found, loaded or compiled per call."""
 
@@ -58,6 +62,8 @@ class Specializer:
         self.target = target
         self.is_module = is_module
         self.recipe = recipe
+        #: ``api.rebuild``: a lazy compile of another target with this recipe (set by api.compile; see wrappers)
+        self.rebuild: Callable[[Any, Recipe], Any] = _no_rebuild
         self.strict = recipe.strict or config.strict
         self._store = store
         self._settings = config

@@ -29,10 +29,10 @@ import torch
 
 from torchkiln.errors import TorchkilnError
 from torchkiln.header import ArtifactHeader
-from torchkiln.specialization import Recipe, Specialization
+from torchkiln.specialization import Specialization
 from torchkiln.specializer import Specializer
 
-__all__ = ["CompiledFunction", "CompiledModule", "rebuild"]
+__all__ = ["CompiledFunction", "CompiledModule"]
 
 
 class _Views:
@@ -142,7 +142,7 @@ class CompiledModule(_Views, torch.nn.Module):
         return "torchkiln: " + self._summary()
 
     def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        return rebuild, (self._orig_mod, self._torchkiln.recipe)
+        return self._torchkiln.rebuild, (self._orig_mod, self._torchkiln.recipe)
 
 
 class CompiledFunction(_Views):
@@ -170,7 +170,7 @@ class CompiledFunction(_Views):
         slot = f"_torchkiln_{self.__wrapped__.__name__}"
         bound = state.get(slot)
         if not (isinstance(bound, CompiledFunction) and getattr(bound.__wrapped__, "__self__", None) is instance):
-            bound = rebuild(types.MethodType(self.__wrapped__, instance), self._torchkiln.recipe)
+            bound = self._torchkiln.rebuild(types.MethodType(self.__wrapped__, instance), self._torchkiln.recipe)
             state[slot] = bound
         return bound
 
@@ -188,14 +188,14 @@ class CompiledFunction(_Views):
         wrapped, recipe = self.__wrapped__, self._torchkiln.recipe
         named = inspect.isfunction(wrapped) and _resolve(wrapped.__module__, wrapped.__qualname__) is wrapped
         if named and (recipe.cache is None or isinstance(recipe.cache, str | os.PathLike)):  # not a Store object
-            return rebuild, (wrapped, recipe)
+            return self._torchkiln.rebuild, (wrapped, recipe)
         return _PickledFunction, (qualname,)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         if not inspect.ismethod(self.__wrapped__):
             return self  # a function is not copied (as copy.deepcopy does for functions)
         # A copied model gets a wrapper bound to the copy (lazy: it loads from the cache on its first call).
-        return rebuild(copy.deepcopy(self.__wrapped__, memo), self._torchkiln.recipe)
+        return self._torchkiln.rebuild(copy.deepcopy(self.__wrapped__, memo), self._torchkiln.recipe)
 
 
 class _PickledFunction:
@@ -217,21 +217,3 @@ def _resolve(module: str | None, qualname: str) -> Any:
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
     return obj
-
-
-def rebuild(target: Any, recipe: Recipe) -> Any:
-    """A lazy ``torchkiln.compile`` of ``target`` with ``recipe``'s arguments (copies, pickles, per-instance
-    methods)."""
-    from torchkiln.api import compile
-
-    return compile(
-        target,
-        None,
-        cache=recipe.cache,
-        name=recipe.name,
-        dynamic=recipe.dynamic,
-        backend=recipe.backend,
-        mode=recipe.mode,
-        options=dict(recipe.options) or None,
-        strict=recipe.strict,
-    )
