@@ -66,8 +66,10 @@ class RemoteStore:
     ) -> None:
         self.url = url.rstrip("/")
         self._options = dict(storage_options)
-        self.timeout = remote_timeout(timeout)
-        self.lease_ttl = float(lease_ttl) if lease_ttl is not None else settings.current().lease_ttl
+        # One parse of the settings (it reads a signing-key file when one is configured), not one per value.
+        config = settings.current() if timeout is None or lease_ttl is None else settings.Settings()
+        self.timeout = float(timeout) if timeout is not None else config.remote_timeout
+        self.lease_ttl = float(lease_ttl) if lease_ttl is not None else config.lease_ttl
         fs, prefix = open_filesystem(self.url, self.timeout, storage_options)
         #: every call this store makes, bounded by ``timeout`` (``objects.fs`` is the fsspec filesystem)
         self.objects = BoundedFS(fs, url=self.url, timeout=self.timeout, timeout_setting=ENV_TIMEOUT)
