@@ -101,3 +101,16 @@ def test_every_call_is_bounded_and_every_failure_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="ConnectionError"):
         objects.put_if_absent("bucket/p/v1/k.tkln", b"x", staging="unused", key="k")
     objects.delete_quietly("bucket/p/v1/k.tkln")  # best effort: the missing rm_file is logged, not raised
+
+
+def test_a_slow_call_is_announced_and_a_fast_one_is_not(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import time
+
+    from torchkiln.store.objects import ANNOUNCE_AFTER, run_bounded
+
+    with caplog.at_level(logging.INFO, logger="torchkiln.progress"):
+        assert run_bounded(lambda: 1, 5.0, "get", announce="remote get fast") == 1
+        assert run_bounded(lambda: time.sleep(ANNOUNCE_AFTER + 0.3) or 2, 10.0, "get", announce="remote get slow") == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert "remote get slow ..." in messages and not any("fast" in m for m in messages)

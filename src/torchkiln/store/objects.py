@@ -30,8 +30,15 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def run_bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
+#: A remote call slower than this is announced (progress.py): a silent 30 s wait looks like a hang.
+ANNOUNCE_AFTER = 2.0
+
+
+def run_bounded(fn: Callable[[], T], timeout: float, what: str, *, announce: str | None = None) -> T:
     """Run ``fn`` on a daemon thread and give up after ``timeout`` seconds with ``TimeoutError``.
+
+    With ``announce``, a call still running after ``ANNOUNCE_AFTER`` seconds is reported as that activity (the
+    wait below does it: no timer thread per call on the hit path).
 
     The thread cannot be cancelled; a daemon thread at least never blocks interpreter exit, and every remote
     write is atomic, so a call abandoned half way leaves either nothing or a whole object behind.
@@ -48,7 +55,11 @@ def run_bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
             done.set()
 
     threading.Thread(target=target, name=f"torchkiln-remote-{what}", daemon=True).start()
-    if not done.wait(timeout):
+    finished = done.wait(min(timeout, ANNOUNCE_AFTER) if announce else timeout)
+    if not finished and announce and timeout > ANNOUNCE_AFTER:
+        with progress.activity(announce):
+            finished = done.wait(timeout - ANNOUNCE_AFTER)
+    if not finished:
         raise TimeoutError(f"{what} took longer than {timeout:g} s")
     if "error" in box:
         raise box["error"]
@@ -169,9 +180,7 @@ class BoundedFS:
         """``fn()`` under the deadline. Exceptions in ``answers`` ("absent", "already there") reach the
         caller as they are; every other failure becomes ``StoreError``."""
         try:
-            # A call slower than 2 s is announced (progress.py): a silent 30 s wait looks like a hang.
-            with progress.activity(f"remote {what} on {self.where(key)}", after=2.0):
-                return run_bounded(fn, self.timeout, what)
+            return run_bounded(fn, self.timeout, what, announce=f"remote {what} on {self.where(key)}")
         except answers:
             raise
         except Exception as exc:  # botocore/aiohttp/gcsfs errors share no base class beyond Exception
