@@ -109,6 +109,28 @@ def test_mode_is_in_the_key_and_round_trips(built: dict[str, Any], loaded: dict[
         assert after["diff"] <= TOL
 
 
+@pytest.mark.parametrize(
+    ("mode", "options", "tunes_at_compile"),
+    [
+        ("max-autotune", None, True),
+        ("max-autotune-no-cudagraphs", None, True),
+        (None, {"max_autotune": True}, True),
+        (None, {"coordinate_descent_tuning": True}, True),
+        (None, {"max_autotune": True, "triton.autotune_at_compile_time": False}, False),  # the caller's choice wins
+        ("reduce-overhead", None, None),
+        (None, None, None),
+    ],
+)
+def test_autotuning_compiles_tune_triton_launch_configs_at_compile_time(
+    mode: str | None, options: dict[str, Any] | None, tunes_at_compile: bool | None
+) -> None:
+    # what the artifact then carries (.best_config files) is proven on a GPU: tests/gpu/test_gpu_modes.py
+    from torchkiln import compiler
+
+    merged = compiler.inductor_options(mode, options, dynamic=False)
+    assert merged.get(compiler.AUTOTUNE_AT_COMPILE_TIME) is tunes_at_compile
+
+
 # -- torchkiln.install() ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def installed_runs(work: Path) -> list[dict[str, Any]]:

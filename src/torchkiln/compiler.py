@@ -285,6 +285,10 @@ def torch_compile() -> Callable[..., Any]:
     return getattr(torch.compile, ORIGINAL_ATTRIBUTE, torch.compile)
 
 
+#: The Inductor option that moves a Triton kernel's launch-config benchmarking from its first call to the compile.
+AUTOTUNE_AT_COMPILE_TIME = "triton.autotune_at_compile_time"
+
+
 def inductor_options(mode: str | None, options: Mapping[str, Any] | None, *, dynamic: bool) -> dict[str, Any]:
     """The Inductor options a ``torch.compile(mode=mode, options=options)`` call compiles with, merged the way torch
     merges them (``_TorchCompileInductorWrapper.apply_mode`` then ``apply_options``): the mode's table
@@ -318,6 +322,17 @@ def inductor_options(mode: str | None, options: Mapping[str, Any] | None, *, dyn
                 fix=f"pass a {kind.__name__}",
             )
         merged[name] = value
+    if (
+        merged.get("max_autotune") or merged.get("coordinate_descent_tuning")
+    ) and AUTOTUNE_AT_COMPILE_TIME not in merged:
+        # These modes leave part of their tuning to a kernel's first launch: a Triton kernel with several configs
+        # benchmarks them then (and coordinate-descent refines the winner), writing a ``.best_config`` file beside
+        # the kernel in the Inductor cache. In the compiling process that happens after the artifact is recorded, so
+        # every hit would benchmark again. Tuning at compile time (Inductor runs the kernels on example values, the
+        # path AOTInductor uses) writes those files inside the recorded cache, and the artifact carries them
+        # (kernels/record.py). The pick is the one first-launch tuning would make, at another time. An explicit
+        # ``triton.autotune_at_compile_time`` from the caller still wins.
+        merged[AUTOTUNE_AT_COMPILE_TIME] = True
     return merged
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import cache_key, targets
+from torchkiln import cache_key, modes, targets
 from torchkiln.fingerprint import Fingerprint
 
 __all__ = ["request_fingerprint", "request_key", "request_key_and_fingerprint"]
@@ -59,6 +59,7 @@ def request_key(
     name: str | None = None,
     dynamic: bool = False,
     backend: str = "inductor",
+    mode: str | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> cache_key.CacheKey:
     """The key ``torchkiln.compile`` looks up for these arguments (for ``torchkiln explain`` and tools)."""
@@ -72,9 +73,16 @@ def request_key(
         name=name,
         dynamic=dynamic,
         backend=backend,
-        options=options or {},
+        options=key_options(mode, options or {}),
     )
     return key
+
+
+def key_options(mode: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The compile options a key names (``request_key_and_fingerprint`` adds the backend): the mode's name unless it
+    is the default (so default-mode keys are those of earlier torchkiln releases), then the options as given."""
+    name = modes.normalize(mode)
+    return {**({"mode": name} if name != modes.DEFAULT else {}), **options}
 
 
 def request_fingerprint(

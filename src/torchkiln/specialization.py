@@ -9,7 +9,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from torchkiln import cache_key, compiler, modes
+from torchkiln import cache_key, compiler, request
 from torchkiln.describe import canonical_json
 from torchkiln.header import ArtifactHeader
 
@@ -49,10 +49,8 @@ class Recipe:
         return self  # immutable; a Store in it is shared, not copied
 
     def key_options(self) -> dict[str, Any]:
-        """The compile options the key names (request.py adds the backend): the mode's name unless it is the
-        default (so default-mode keys are those of earlier torchkiln releases), then the options as given."""
-        mode = modes.normalize(self.mode)
-        return {**({"mode": mode} if mode != modes.DEFAULT else {}), **self.options}
+        """The compile options the key names (``request.key_options``)."""
+        return request.key_options(self.mode, self.options)
 
 
 @dataclasses.dataclass(frozen=True)

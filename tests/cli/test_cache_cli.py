@@ -263,6 +263,22 @@ def test_explain_names_the_part_that_differs(built: Built) -> None:
     assert kwargs.json()["hit"] is False
 
 
+def test_explain_keys_the_mode_as_compile_does(built: Built) -> None:
+    # the default mode adds nothing to the key (keys of earlier releases); another mode is an 'options' difference
+    default = cli("explain", *MODEL, "--mode", "default", "--cache", str(built.cache), "--json")
+    assert default.rc == 0, default.err
+    assert default.json()["wanted"] == built.model["key"]
+    autotune = cli("explain", *MODEL, "--mode", "max-autotune", "--cache", str(built.cache), "--json")
+    assert autotune.rc == 0, autotune.err
+    report = autotune.json()
+    assert report["hit"] is False and report["nearest"] == built.model["key"]
+    assert [d["part"] for d in report["differences"]] == ["options"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:  # argparse's usage error
+        main(["explain", *MODEL, "--mode", "fastest", "--cache", str(built.cache)])
+    assert exited.value.code == 2 and "invalid choice: 'fastest'" in err.getvalue()
+
+
 def test_gc_evicts_least_recently_used_first(built: Built, tmp_path: Path) -> None:
     cache = built.copy(tmp_path)
     old, new = built.model["key"], built.function["key"]

@@ -157,12 +157,18 @@ def resolve_inputs(spec: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 def request_key(
-    target: Any, ex_args: tuple[Any, ...], ex_kwargs: dict[str, Any], *, name: str | None, dynamic: bool
+    target: Any,
+    ex_args: tuple[Any, ...],
+    ex_kwargs: dict[str, Any],
+    *,
+    name: str | None,
+    dynamic: bool,
+    mode: str | None = None,
 ) -> CacheKey:
-    """The key ``torchkiln.compile(target, ex_args, example_kwargs=ex_kwargs, name=, dynamic=)`` looks up."""
+    """The key ``torchkiln.compile(target, ex_args, example_kwargs=ex_kwargs, name=, dynamic=, mode=)`` looks up."""
     from torchkiln import api
 
-    return api.request_key(target, ex_args, ex_kwargs, name=name, dynamic=dynamic)
+    return api.request_key(target, ex_args, ex_kwargs, name=name, dynamic=dynamic, mode=mode)
 
 
 # -- reading artifacts ---------------------------------------------------------------------------------------

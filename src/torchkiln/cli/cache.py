@@ -18,6 +18,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from torchkiln import modes
 from torchkiln.cli import EXIT_CHECK_FAILED, EXIT_OK, add_cache_option, add_json_option
 from torchkiln.cli._cachelib import (
     FUNCTION_FORM,
@@ -52,6 +53,12 @@ def register(subparsers: Any) -> None:
         parser.add_argument("--function", action="store_true", help="TARGET is a function to compile as is")
         parser.add_argument("--name", default=None, help="key name prefix (default: the class/function name)")
         parser.add_argument("--dynamic", action="store_true", help="one artifact for a range of input sizes")
+        parser.add_argument(
+            "--mode",
+            choices=modes.MODES,
+            default=None,
+            help="torch.compile's mode (default: default); a max-autotune artifact carries its tuning results",
+        )
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_, description=help_)
@@ -87,7 +94,7 @@ def _compile(args: argparse.Namespace) -> int:
     # progress.py shows the compile (and any wait for another process's lock) on stderr.
     compiled = api.compile(
         target, ex_args, example_kwargs=ex_kwargs, cache=store, name=args.name, dynamic=args.dynamic,
-        strict=args.strict,
+        mode=args.mode, strict=args.strict,
     )  # fmt: skip
     # A failed publish is only a warning inside torchkiln.compile; for a prewarm it is the whole point.
     published = compiled.hit or any(entry.key == compiled.key for entry in store.list())
@@ -210,7 +217,7 @@ def _explain(args: argparse.Namespace) -> int:
     target = resolve_target(args.target, function=args.function)
     ex_args, ex_kwargs = resolve_inputs(args.inputs)
     store = open_store(args.cache)
-    wanted = request_key(target, ex_args, ex_kwargs, name=args.name, dynamic=args.dynamic)
+    wanted = request_key(target, ex_args, ex_kwargs, name=args.name, dynamic=args.dynamic, mode=args.mode)
     stored, skipped = stored_keys(store)
     explanation = explain(wanted, stored)
     prediction = predict(store, target, ex_args, ex_kwargs, wanted)
