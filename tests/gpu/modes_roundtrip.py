@@ -10,6 +10,7 @@ kernel's launch configs and coordinate descent at its first launch); they still 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -72,6 +73,7 @@ def count_tuning() -> tuple[dict[str, int], list[dict[str, object]]]:
         label = f"{owner.__name__}.{name}"
         calls[label] = 0
 
+        @functools.wraps(original)  # keeps __name__: torch pickles bound methods of these classes by name
         def counted(*args: object, _original=original, _label=label, **kwargs: object) -> object:
             calls[_label] += 1
             return _original(*args, **kwargs)
@@ -80,6 +82,7 @@ def count_tuning() -> tuple[dict[str, int], list[dict[str, object]]]:
 
     coordesc = triton_heuristics.CachingAutotuner.coordinate_descent_tuning
 
+    @functools.wraps(coordesc)
     def noted_coordesc(self: object, *args: object, **kwargs: object) -> object:
         details.append(
             {
@@ -95,6 +98,7 @@ def count_tuning() -> tuple[dict[str, int], list[dict[str, object]]]:
     triton_heuristics.CachingAutotuner.coordinate_descent_tuning = noted_coordesc  # type: ignore[method-assign]
     save = autotune_cache.AutotuneCache.save
 
+    @functools.wraps(save)
     def noted_save(self: object, config: object, time_taken_ns: int, found_by_coordesc: bool = False, **kw: object):
         local = getattr(self, "local_cache", None)
         details.append({"saved": local[1] if local else None, "found_by_coordesc": found_by_coordesc})

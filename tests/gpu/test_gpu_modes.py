@@ -51,7 +51,18 @@ def _run(cache: Path, mode: str, caches: Path, model: str = "mlp", dynamic: bool
         ("reduce-overhead", "mlp", False),
         ("max-autotune-no-cudagraphs", "mlp", False),
         ("max-autotune-no-cudagraphs", "mlp", True),
-        ("max-autotune-no-cudagraphs", "gpt2", False),
+        pytest.param(
+            "max-autotune-no-cudagraphs",
+            "gpt2",
+            False,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 13: 7 reduction/pointwise kernels re-run coordinate descent on the hit. Their loaded "
+                "autotuners (Triton bundler, static autotuner) keep the compile's private recording dir as "
+                "their filename, so the .best_config files the artifact carries, installed in this process's "
+                "cache, are not found (benchmarks/results/h200-gpt2-max-autotune-tuning.jsonl)",
+            ),
+        ),
     ],
 )
 def test_mode_compiles_once_and_loads_in_a_fresh_process(tmp_path: Path, mode: str, model: str, dynamic: bool) -> None:
