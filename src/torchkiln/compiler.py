@@ -351,6 +351,8 @@ def load(
     """
     import torch.compiler
 
+    # The fixes for bugs in how torch reads back what it saved (the compile path applied all of them already).
+    compat.apply_load_fixes()
     f_globals = loader_globals(target, is_module)
     if device_type != "cpu":
         # A GPU hit keys every Triton kernel it loads with torch_key() and triton_key(): from the install memo,
