@@ -92,7 +92,7 @@ def _wrap(fn: Any) -> Any:
 
 
 # The shape of the bug: the module-level name now holds the wrapper; the original lives in its closure.
-_probe_base = _wrap(_probe_base)  # type: ignore[no-redef]
+_probe_base = _wrap(_probe_base)
 
 
 def _probe() -> bool:
@@ -100,7 +100,10 @@ def _probe() -> bool:
     pickler_class = _pickler_class()
     if pickler_class is None:
         return False
-    hidden = _probe_base.__closure__[0].cell_contents  # type: ignore[attr-defined]
+    closure = _probe_base.__closure__
+    if not closure:
+        return False
+    hidden = closure[0].cell_contents
     try:
         pickler_class({}, io.BytesIO()).dump(hidden)
     except pickle.PicklingError as exc:
