@@ -7,8 +7,8 @@ with another closure, non-strict, and pass only on a correct result. Upstream ru
 pass count here is measured across two.
 
 The cases whose tests are selected run in two processes per lane (one save, one load): the default lane's cases
-(~100 s on 2 busy cores) and the slow ones (``-m slow``). Cases that prove a forward fix or the nested-function rule are
-also marked ``compat``, so ``make test-compat`` runs them on torch 2.11.
+(60 s measured on 2 cores) and the slow ones (``-m slow``). Cases that prove a forward fix or the nested-function
+rule are also marked ``compat``, so ``make test-compat`` runs them on torch 2.11.
 """
 
 from __future__ import annotations
