@@ -50,7 +50,8 @@ test-slow: $(VENV)/.installed
 test-preload-stress: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/test_preload.py -k stress_200 -m slow $(PYTEST_ARGS)
 
-# The compat lane: the fix-dependent and real-model tests on a torch where the builtins bug lives.
+# The compat lane: the fix-dependent and real-model tests on a torch where the builtins bug lives (tests/compat, and the
+# tests/peer cases that prove a fix or the nested-function rule).
 test-compat: $(COMPAT_VENV)/.installed
 	$(COMPAT_VENV)/bin/python -m pytest -m "(compat or models) and not gpu and not zoo" $(PYTEST_ARGS)
 

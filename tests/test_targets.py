@@ -28,7 +28,7 @@ def test_modules_functions_and_bound_methods_are_targets() -> None:
 @pytest.mark.parametrize(
     ("target", "match"),
     [
-        (lambda x: x, "lambda or nested"),
+        (lambda x: x, "a lambda has no name"),
         (functools.partial(_double), "module-level function"),
         (object(), "module-level function"),
         (torch.relu, "module-level function"),
@@ -84,3 +84,28 @@ def test_file_digest_follows_the_content(tmp_path: object) -> None:
     path.write_text("a = 22\n")
     assert digests.file_digest(str(path)) not in (None, first)
     assert digests.file_digest(str(path / "missing")) is None
+
+
+def _nested(flag: bool) -> object:
+    if flag:
+
+        def inner(x: torch.Tensor) -> torch.Tensor:
+            return x + 1
+
+    else:
+
+        def inner(x: torch.Tensor) -> torch.Tensor:
+            return x + 2
+
+    return inner
+
+
+def test_nested_functions_are_targets_keyed_by_their_code() -> None:
+    """One qualname, two bodies: the key's target part tells them apart (targets.py says why this is sound)."""
+    from torchkiln.describe import describe_target
+
+    plus_one, plus_two = _nested(True), _nested(False)
+    assert targets.validate(plus_one) is False
+    assert plus_one.__qualname__ == plus_two.__qualname__  # type: ignore[attr-defined]
+    assert describe_target(plus_one) != describe_target(plus_two)
+    assert describe_target(plus_one) == describe_target(_nested(True))  # another closure instance, same code

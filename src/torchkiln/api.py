@@ -98,7 +98,7 @@ def compile(
     fullgraph: bool = True,
     strict: bool = False,
 ) -> Any:
-    """Compile ``target`` (an nn.Module, a module-level function or a bound method of a module) once; later
+    """Compile ``target`` (an nn.Module, a function, nested or not, or a bound method of a module) once; later
     processes load the artifact.
 
     ``example_inputs``: None (the default) compiles or loads on the first call, from its inputs; a tuple of

@@ -23,18 +23,20 @@ import io
 import logging
 import pickle  # allowed here (tools/check_forbidden_imports.py): to recognise torch's pickling errors
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torchkiln import _entry, compat, guard_fates, inductor_cache
 from torchkiln.compat import float_specialization
-from torchkiln.errors import CompileError
+from torchkiln.errors import CompileError, IncompatibleArtifactError
 from torchkiln.frames import call_args, loader_globals, portable_globals
 from torchkiln.hints import hint_for
 from torchkiln.loaded_function import LoadedFunction
 from torchkiln.reasons import exception_reason
 from torchkiln.sources import describe_inlined_sources
+from torchkiln.targets import unwrap
 
 __all__ = [
     "CompileResult",
@@ -366,6 +368,8 @@ def load(
     """
     import torch.compiler
 
+    # The fixes for bugs in how torch reads back what it saved (the compile path applied all of them already).
+    compat.apply_load_fixes()
     f_globals = loader_globals(target, is_module)
     if device_type != "cpu":
         # A GPU hit keys every Triton kernel it loads with torch_key() and triton_key(): from the install memo,
@@ -377,9 +381,38 @@ def load(
     # the load path (loader.py, kernels.loading), while check_loadable loads with the compiling process's own.
     with inductor_cache.loading(bundle_settings=False):
         function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
+    if not is_module:
+        _run_on_callers_closure(function, unwrap(target))
     # The re-checks on module globals ran before anything was unpickled (loader.check_header); all of them run
     # again at each call of the returned function (LoadedFunction.guard_check).
     return LoadedFunction(function, loaded=True, rechecker=rechecker or guard_fates.Rechecker(()))
+
+
+def _run_on_callers_closure(function: Any, fn: Any) -> None:
+    """Make a loaded artifact read the caller's closure cells, not the copies torch pickled at compile.
+
+    torch's loaded function runs with, and checks its guards against, ``runtime_env.closure``: the cells as they
+    were in the compiling process (``AOTCompiledFunction.prepare_f_locals``, ``GraphRuntimeEnv.forward_callable``).
+    A nested function of the same code but another closure (``make(2)`` compiled, ``make(3)`` loaded) would pass
+    every guard and compute with the old values. On the caller's cells, Dynamo's guards on closure values are
+    checked against what the caller holds now, as in the process that compiled: a different value is a guard miss
+    (a new specialization), never a wrong result.
+    """
+    artifacts = function._artifacts
+    env = artifacts.runtime_env
+    cells = fn.__closure__
+    if not env.closure and not cells:
+        return
+    if cells is None or env.bytecode.co_freevars != fn.__code__.co_freevars:
+        raise IncompatibleArtifactError(
+            f"the artifact's closure {env.bytecode.co_freevars} is not {fn.__qualname__}'s {fn.__code__.co_freevars}",
+            where=fn.__qualname__,
+            fix="nothing to do: torchkiln compiles it again",
+        )
+    artifacts.runtime_env = dataclasses.replace(env, closure=cells)
+    old = function.fn
+    function.fn = types.FunctionType(old.__code__, old.__globals__, old.__name__, old.__defaults__, cells)
+    function.fn.__kwdefaults__ = old.__kwdefaults__
 
 
 def check_loadable(payload: bytes, *, is_module: bool, target: Any) -> str | None:

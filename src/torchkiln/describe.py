@@ -174,7 +174,9 @@ def describe_target(target: Any) -> dict[str, Any]:
     # Classes and functions from a notebook cell or exec() have no file to hash: hash their code instead,
     # so that editing a cell and running it again is a miss, not a stale hit.
     code = {qualname(cls): _code_digest_all(cls) for cls in sorted(classes, key=qualname) if cls.__module__ in fileless}
-    if desc["kind"] == "function" and fn.__module__ in fileless:
+    if desc["kind"] == "function" and (fn.__module__ in fileless or "<locals>" in fn.__qualname__):
+        # A nested function: one qualname can name several functions (``if a: def f ... else: def f``), and no
+        # file hash tells which one ran; its code digest does (targets.py says why nested functions are sound).
         code[qualname(fn)] = digests.code_digest(fn.__code__)
     if code:
         desc["code"] = code

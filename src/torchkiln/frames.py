@@ -44,7 +44,9 @@ def frame_locals(target: Any, is_module: bool, args: Sequence[Any], kwargs: Mapp
     for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
         with contextlib.suppress(ValueError):  # an empty cell
             f_locals[name] = cell.cell_contents
-    bound = inspect.signature(fn).bind(*call_args(target, is_module, args), **kwargs)
+    # follow_wrapped=False, as torch's convert_frame._get_signature: a functools.wraps wrapper's frame binds its own
+    # parameters (``*args, **kwargs``), not the ones of the function it wraps.
+    bound = inspect.signature(fn, follow_wrapped=False).bind(*call_args(target, is_module, args), **kwargs)
     bound.apply_defaults()
     f_locals.update(bound.arguments)
     return f_locals

@@ -92,7 +92,18 @@ def _constant(value: Any, depth: int = 0) -> tuple[bool, Any]:
 def _keys(mapping: Mapping[Any, Any]) -> list[str] | None:
     if len(mapping) > _MAX_KEYS:
         return None
-    return sorted(repr(k) if not isinstance(k, str) else k for k in mapping)
+    return sorted(_key_token(k) for k in mapping)
+
+
+def _key_token(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    text = repr(key)
+    # A function key's repr carries its address (``<function namedtuple at 0x7f...>``, torch.utils._pytree's
+    # SUPPORTED_NODES holds one): never equal in another process. Such a key is compared by its name instead.
+    if " at 0x" in text:
+        return _name_token(key) or text
+    return text
 
 
 _BY_KEYS = {

@@ -1,9 +1,17 @@
 """What torchkiln can compile, and the names it gives it: the one target-validity rule, ``unwrap`` and ``qualname``.
 
-A target is an ``nn.Module``, or a Python function a fresh process can import again by name: a module-level
-``def`` (or a bound method of one, whose owner is the ``self`` argument). Lambdas, nested functions and
-``functools.partial`` objects are refused: nothing in another process can rebuild them, so an artifact of one could
-never be loaded (the key, the compile and ``torchkiln explain`` all apply this one rule).
+A target is an ``nn.Module`` or a Python function (a module-level ``def``, a bound method of one, whose owner is
+the ``self`` argument, or a nested function). ``functools.partial`` objects and other callables are refused: their
+state is no function's code, closure or globals, so neither a key nor torch's guards can see it (the key, the
+compile and ``torchkiln explain`` all apply this one rule).
+
+A nested function (``<locals>`` in its qualname) is accepted because its artifact is sound across processes
+(issue 14): the key carries its code digest (describe.py: two functions of one qualname with other code never
+share a key), the loaded artifact runs on the *caller's* closure cells, not the copies torch saved
+(compiler.load), so every guard Dynamo put on a closure value (``CONSTANT_MATCH`` on an int, ``TENSOR_MATCH`` plus
+a graph input for a tensor, a re-check for a function) is checked against what the caller's function holds now.
+Lambdas stay refused: a lambda has no name of its own (``<lambda>``), so nothing but its code tells two apart,
+and the error message asks for a ``def``, which costs the user one line.
 """
 
 from __future__ import annotations
@@ -34,11 +42,11 @@ def validate(target: object) -> bool:
         return True
     fn = unwrap(target)
     if inspect.isfunction(fn):
-        if "<locals>" in fn.__qualname__ or fn.__name__ == "<lambda>":
+        if fn.__name__ == "<lambda>":
             raise InvalidTargetError(
-                f"cannot compile {fn.__qualname__}: a lambda or nested function cannot be reloaded in another process",
+                f"cannot compile {fn.__qualname__}: a lambda has no name a cache key or a log can tell apart",
                 where=qualname(fn),
-                fix="define the function at module level (or wrap the computation in an nn.Module)",
+                fix="define it with def (at module level or nested), or wrap the computation in an nn.Module",
             )
         return False
     raise InvalidTargetError(

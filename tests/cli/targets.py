@@ -63,5 +63,8 @@ def _make_nested() -> object:
     return nested
 
 
-#: A function another process cannot import by name: torchkiln.compile refuses it, the CLI says so (exit 2).
+#: A nested function: torchkiln.compile accepts it (targets.py says why that is sound).
 nested_fn = _make_nested()
+
+#: A lambda: torchkiln.compile refuses it, the CLI says so (exit 2).
+lambda_fn = lambda x: x + 1  # noqa: E731 - the point is that it is a lambda

@@ -357,7 +357,7 @@ def test_rm(built: Built, tmp_path: Path) -> None:
         (["cli.targets:build_tiny", "--inputs", "cli.targets:returns_int"], "SPEC 'cli.targets:returns_int'"),
         (["cli.targets:build_tiny", "--inputs", "cli.targets:raises"], "calling SPEC cli.targets:raises()"),
         (["cli.targets:build_tiny", "--inputs", "tiny_inputs"], "is not of the form pkg.module:function"),
-        (["cli.targets:nested_fn", "--function", "--inputs", "cli.targets:fn_inputs"], "nested function"),
+        (["cli.targets:lambda_fn", "--function", "--inputs", "cli.targets:fn_inputs"], "a lambda has no name"),
     ],
 )
 def test_bad_target_or_spec_is_a_usage_error(argv: list[str], message: str, tmp_path: Path) -> None:

@@ -6,11 +6,13 @@
 A job is ``PATH/CASE/VARIANT``: CASE from roundtrip_cases.CASES; VARIANT ``all``, ``none`` or ``-FIX_ID`` (every
 fix but that one). ``save`` makes exactly the variant's fixes active (``torchkiln.apply_fixes([...])``, ``revert``
 for the rest), compiles the case and writes it under DIR; ``load`` (a fresh process: the builtins bug does not
-show in the process that compiled) loads it with NO fix applied, since every fix repairs what torch saves, and
-compares the result with eager. ``raw`` uses torch's API directly (``torch.compile(fn, fullgraph=True)
-.aot_compile(((x,), {}))``, ``save_compiled_function``, ``torch.compiler.load_compiled_function(f, f_globals=...)``);
-``kiln`` goes through ``torchkiln.compile(target, inputs, cache=...)`` (the load is ``strict=True``: a failed load
-raises instead of recompiling). Several jobs share a process because each process pays ~5 s for ``import torch``,
+show in the process that compiled) loads it with NO fix applied, since the fixes repair what torch saves, and
+compares the result with eager; the exception is a fix that repairs the load itself (``Fix.repairs_load``:
+``import-source-reload``), which a raw load applies when its variant has it, as torchkiln's load path does.
+``raw`` uses torch's API directly (``torch.compile(fn, fullgraph=True).aot_compile(((x,), {}))``,
+``save_compiled_function``, ``torch.compiler.load_compiled_function(f, f_globals=...)``); ``kiln`` goes through
+``torchkiln.compile(target, inputs, cache=...)`` (the load is ``strict=True``: a failed load raises instead of
+recompiling). Several jobs share a process because each process pays ~5 s for ``import torch``,
 a few seconds of probes and ~20 s for its first Inductor compile on 2 busy cores; save and load never share one.
 A raw load also reports ``missing``: where the loaded guard state holds torch's pruning marker ``_Missing``.
 The last stdout line is ``ROUNDTRIP {json}``; a failing job is a result, not a crash (exit 0).
@@ -48,9 +50,11 @@ def _raw_save(case: cases.Case, target: Any, args: tuple[Any, ...], kwargs: dict
     options: dict[str, Any] = {}
     fn = target
     if case.module:
-        # A module goes through torchkiln's module-level entry (a decorated forward cannot be pickled), with the
-        # guard filter torchkiln uses: transformers models carry guards torch's serializer rejects.
+        # A module goes through torchkiln's module-level entry (a decorated forward cannot be pickled).
         fn, args = _entry.call_module, (target, *args)
+    if case.module or case.torchkiln_filter:
+        # The guard filter torchkiln uses: transformers models (and torch.func's transforms) carry guards torch's
+        # serializer rejects.
         options["guard_filter_fn"] = _SerializableGuardFilter(
             frozenset(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
         )
@@ -118,9 +122,10 @@ def parse_job(job: str) -> tuple[str, cases.Case, str]:
     return path, cases.CASES[name], variant
 
 
-def _set_fixes(variant: str) -> list[str]:
-    """Make exactly the variant's fixes active (revert the others); returns the ids now applied."""
-    wanted = {fix.id for fix in compat.fixes()}
+def _set_fixes(variant: str, *, only_load: bool = False) -> list[str]:
+    """Make exactly the variant's fixes active (revert the others); returns the ids now applied. ``only_load``:
+    of the variant's fixes, only those that repair a load (``Fix.repairs_load``)."""
+    wanted = {fix.id for fix in compat.fixes() if fix.repairs_load or not only_load}
     if variant == "none":
         wanted = set()
     elif variant.startswith("-"):
@@ -140,9 +145,12 @@ def run_job(phase: str, job: str, root: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     report: dict[str, Any] = {"job": job, "phase": phase}
-    # Loads apply no fix: every fix repairs what torch saves, and a fresh process must load the bytes as they are.
+    # Loads apply no fix (but the load-repairing ones): the fixes repair what torch saves, and a fresh process must
+    # load the bytes as they are.
     # A kiln job starts with every fix reverted: torchkiln.compile must apply what it needs by itself.
     report["applied"] = _set_fixes("none" if path == "kiln" else variant) if phase == "save" else []
+    if phase == "load" and path == "raw":
+        report["applied"] = _set_fixes(variant, only_load=True)
     saved = out / "save.json"
     if phase == "load" and saved.is_file() and not json.loads(saved.read_text())["ok"]:
         return {**report, "ok": False, "skipped": True, "error": "nothing to load: the save failed"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,33 @@ def return_range(x: torch.Tensor) -> Any:
 
 def plus_one(x: torch.Tensor) -> torch.Tensor:
     return x + 1
+
+
+def _checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_checked
+def wrapped_double(x: torch.Tensor) -> torch.Tensor:
+    """Behind a functools.wraps wrapper: the original, in the wrapper's closure, is not ``wrapped_double``
+    (wrapped-functions)."""
+    return x * 2
+
+
+def _norm_of_difference(pos: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.norm(pos[1] - pos[0])
+
+
+def vmap_grad(x: torch.Tensor) -> torch.Tensor:
+    """Its guard state names an ImportSource, which cannot be unpickled outside a trace (import-source-reload)."""
+    import torch.func as tf
+
+    out: torch.Tensor = tf.vmap(tf.grad(_norm_of_difference))(x)
+    return out
 
 
 class Pair(collections.OrderedDict[str, torch.Tensor]):
@@ -214,6 +242,8 @@ class Case:
     module: bool = False
     backend: str = "inductor"
     kwargs: Callable[[], dict[str, Any]] = dict
+    #: a raw save uses torchkiln's guard filter (modules always do): torch's default rejects a guard of the target
+    torchkiln_filter: bool = False
 
 
 CASES: dict[str, Case] = {
@@ -222,6 +252,13 @@ CASES: dict[str, Case] = {
         Case("builtins", ("builtins-runtime-env",), lambda: (return_type, (_x(),))),
         Case("range", ("module-globals",), lambda: (return_range, (_x(),))),
         Case("plain", ("enable-aot-compile",), lambda: (plus_one, (_x(),))),
+        Case("wraps", ("wrapped-functions",), lambda: (wrapped_double, (_x(),))),
+        Case(
+            "vmap",
+            ("import-source-reload",),
+            lambda: (vmap_grad, (torch.arange(24.0).reshape(4, 2, 3) / 24,)),
+            torchkiln_filter=True,  # torch's default filter: "DICT_VERSION guard cannot be serialized"
+        ),
         Case("ordered-dict", ("module-globals",), lambda: (_pair_net(), (_x(),)), module=True),
         Case("llama", ("builtins-runtime-env", "module-globals"), lambda: (tiny_llama(), (_ids(),)), module=True),
         Case("dtype-attr", (SINGLETONS,), lambda: (_seeded(DtypeAttr), (_x8(),)), module=True),

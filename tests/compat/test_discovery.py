@@ -53,9 +53,17 @@ def test_every_fix_file_is_discovered_and_none_is_broken() -> None:
 
 
 def test_discovery_keeps_the_application_order() -> None:
-    # enable-aot-compile first; the two get_runtime_env post-processors in the order they run; the pickler last.
+    # enable-aot-compile first; the two get_runtime_env post-processors in the order they run; the guard-state
+    # pickler; then the load-side ImportSource fix and the AOTCompilePickler one (their places change no result).
     ids = [f.id for f in registry.discover()]
-    assert ids == ["enable-aot-compile", "builtins-runtime-env", "module-globals", "guard-state-singletons"]
+    assert ids == [
+        "enable-aot-compile",
+        "builtins-runtime-env",
+        "module-globals",
+        "guard-state-singletons",
+        "import-source-reload",
+        "wrapped-functions",
+    ]
     orders = [(f.order, f.id) for f in registry.discover()]
     assert orders == sorted(orders) and len({o for o, _ in orders}) == len(orders)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,14 @@ from torchkiln.compat import registry, runtime_env_patch
 from torchkiln.compat.versions import MIN_TORCH, check_supported, in_range, torch_version
 from torchkiln.errors import InvalidTargetError, TorchkilnError, UnknownFixError, UnsupportedTorchError
 
-FIX_IDS = ("enable-aot-compile", "builtins-runtime-env", "module-globals", "guard-state-singletons")
+FIX_IDS = (
+    "enable-aot-compile",
+    "builtins-runtime-env",
+    "module-globals",
+    "guard-state-singletons",
+    "import-source-reload",
+    "wrapped-functions",
+)
 
 
 def _revert_all() -> None:
@@ -134,6 +142,39 @@ def test_guard_state_singletons_apply_is_idempotent_and_revert_restores_reducer_
     fix.revert()
     fix.revert()  # reverting twice is harmless
     assert GuardsStatePickler.__dict__["reducer_override"] is original
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize(
+    ("fix_id", "owner", "attribute"),
+    [
+        ("import-source-reload", "torch._dynamo.source:ImportSource", "__post_init__"),
+        ("wrapped-functions", "torch._dynamo.aot_compile:AOTCompilePickler", "reducer_override"),
+    ],
+)
+def test_class_patching_fixes_apply_once_and_revert_to_torchs_function(fix_id: str, owner: str, attribute: str) -> None:
+    module_name, _, class_name = owner.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    original = vars(cls)[attribute]
+    fix = compat.get_fix(fix_id)
+    needed = compat.status(fix_id).state is compat.FixState.NEEDED
+    torchkiln.apply_fixes([fix_id])
+    patched = vars(cls)[attribute]
+    torchkiln.apply_fixes([fix_id])
+    assert vars(cls)[attribute] is patched  # not wrapped twice
+    assert (patched is not original) == needed
+    if needed:
+        assert not fix.probe()  # the probe that showed the bug shows it gone
+    fix.revert()
+    fix.revert()
+    assert vars(cls)[attribute] is original
+
+
+@pytest.mark.compat
+def test_load_fixes_are_only_those_that_repair_a_load() -> None:
+    statuses = compat.apply_load_fixes()
+    assert [s.id for s in statuses] == [f.id for f in compat.fixes() if f.repairs_load] == ["import-source-reload"]
+    assert set(compat.applied_ids()) <= {"import-source-reload"}
 
 
 def test_shared_singletons_are_the_values_a_fresh_process_rebuilds_by_name() -> None:

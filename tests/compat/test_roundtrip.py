@@ -34,6 +34,8 @@ BUILTINS = "builtins-runtime-env"
 MODULE_GLOBALS = "module-globals"
 ENABLE_AOT = "enable-aot-compile"
 SINGLETONS = "guard-state-singletons"
+WRAPPED = "wrapped-functions"
+IMPORT_SOURCE = "import-source-reload"
 
 FUNCTION_JOBS = (
     f"raw/builtins/-{BUILTINS}",
@@ -57,6 +59,12 @@ FUNCTION_JOBS = (
     "kiln/dtype-attr/all",
     "kiln/device-attr/all",
     "kiln/enum-attr/all",
+    f"raw/wraps/-{WRAPPED}",
+    "raw/wraps/all",
+    "kiln/wraps/all",
+    f"raw/vmap/-{IMPORT_SOURCE}",
+    "raw/vmap/all",
+    "kiln/vmap/all",
 )
 LLAMA_JOBS = (f"raw/llama/-{BUILTINS}", f"raw/llama/-{MODULE_GLOBALS}", "raw/llama/all", "kiln/llama/all")
 PALIGEMMA_JOBS = (f"raw/paligemma/-{SINGLETONS}", "raw/paligemma/all", "kiln/paligemma/all")
@@ -241,6 +249,30 @@ def test_guard_state_singletons_fix_paligemma(paligemma: Batch) -> None:
     assert [path for path in paligemma.load["raw/paligemma/all"]["missing"] if "dtype" in path] == []
 
 
+# -- wrapped-functions -------------------------------------------------------------------------------------------
+def test_wrapped_functions_fix(functions: Batch) -> None:
+    """A functools.wraps-decorated module-level function: without the fix the save fails (the original function in
+    the wrapper's closure pickles by a name that now holds the wrapper); with it, it loads in a fresh process."""
+    ok, error = functions.outcome(f"raw/wraps/-{WRAPPED}")
+    if functions.needed(WRAPPED):
+        assert not ok and error.startswith("save:") and "not the same object as" in error, error
+    else:
+        assert ok, error  # a torch with pytorch#196685: the probe retires the fix
+    _assert_ok(functions, "raw/wraps/all")
+
+
+# -- import-source-reload ----------------------------------------------------------------------------------------
+def test_import_source_reload_fix(functions: Batch) -> None:
+    """``vmap(grad(f))``: its guard state names an ImportSource; without the fix no process can load it."""
+    ok, error = functions.outcome(f"raw/vmap/-{IMPORT_SOURCE}")
+    if functions.needed(IMPORT_SOURCE):
+        assert not ok and error.startswith("load:") and "TracingContext.get()" in error, error
+        assert IMPORT_SOURCE in functions.load["raw/vmap/all"]["applied"]
+    else:
+        assert ok, error
+    _assert_ok(functions, "raw/vmap/all")
+
+
 # -- enable-aot-compile ------------------------------------------------------------------------------------------
 def test_enable_aot_compile_fix(functions: Batch) -> None:
     ok, error = functions.outcome("raw/plain/none")
@@ -263,7 +295,19 @@ def test_enable_aot_compile_stays_scoped(functions: Batch) -> None:
 # -- end to end through torchkiln.compile ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "case",
-    ["builtins", "range", "plain", "ordered-dict", "dtype-attr", "device-attr", "enum-attr", "llama", "paligemma"],
+    [
+        "builtins",
+        "range",
+        "plain",
+        "ordered-dict",
+        "dtype-attr",
+        "device-attr",
+        "enum-attr",
+        "wraps",
+        "vmap",
+        "llama",
+        "paligemma",
+    ],
 )
 def test_torchkiln_compile_round_trip(case: str, request: pytest.FixtureRequest) -> None:
     """Compiled and published in one process; a strict cache hit with the right result in the next."""

@@ -14,6 +14,7 @@ from torchkiln.compat.fix import Fix, FixState, FixStatus
 from torchkiln.compat.registry import (
     applied_ids,
     apply_fixes,
+    apply_load_fixes,
     compile_scope,
     fixes,
     get_fix,
@@ -26,6 +27,7 @@ __all__ = [
     "FixState",
     "FixStatus",
     "apply_fixes",
+    "apply_load_fixes",
     "applied_ids",
     "check_supported",
     "compile_scope",

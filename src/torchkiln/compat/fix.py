@@ -51,6 +51,9 @@ class Fix:
     #: fixes are listed, probed and applied in ascending ``order``, then by ``id``; the fix module's comment at
     #: its ``FIX`` says why it sits where it does
     order: int = DEFAULT_ORDER
+    #: the bug breaks the *load* of what torch saved, so the fix must be active in a process that only loads:
+    #: ``apply_load_fixes()`` applies these on the load path (their probes must be cheap: no compile)
+    repairs_load: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,7 @@ __all__ = [
     "FixState",
     "FixStatus",
     "apply_fixes",
+    "apply_load_fixes",
     "compile_scope",
     "discover",
     "fixes",
@@ -204,6 +205,16 @@ def apply_fixes(ids: Sequence[str] | None = None) -> list[FixStatus]:
                 current = status(fix.id)
             results.append(current)
     return results
+
+
+def apply_load_fixes() -> list[FixStatus]:
+    """Apply the needed fixes that repair a *load* (``Fix.repairs_load``), for a process that compiles nothing.
+
+    The hit path never runs ``apply_fixes()`` (its probes trace tiny functions with Dynamo); a bug in how torch
+    reads back what it saved still has to be fixed there, so those fixes are applied here, with their own cheap
+    probes (run once per process). Every other fix repairs what torch saves and stays untouched.
+    """
+    return apply_fixes([fix.id for fix in _all_fixes() if fix.repairs_load])
 
 
 def applied_ids() -> list[str]:
