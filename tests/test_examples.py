@@ -1,6 +1,7 @@
 """The examples under examples/, each run as a user runs it: twice, in two fresh processes with empty Inductor
 caches and one torchkiln cache. The first compiles, the second loads everything (``hit``) and gives the same
-results. Tiny configs; about a minute per example on 2 cores (vlm_serve.py compiles two artifacts: about two)."""
+results. Tiny configs, on 2 cores: about a minute per example, 1.5-3.5 minutes for the ones that compile more
+(vlm_serve.py two artifacts; diffusers_unet.py, whose UNet compiles longest, the slowest)."""
 
 from __future__ import annotations
 
