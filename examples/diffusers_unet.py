@@ -32,8 +32,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 import torchkiln
 
 LATENT, TEXT_TOKENS, TEXT_DIM, STEPS = 8, 8, 16, 4
-#: float32 over 4 steps of a random tiny UNet; Inductor reorders reductions
-ATOL = 1e-4
+#: |latents - eager| relative to the latents' largest magnitude: float32 over 4 steps of a random tiny UNet, whose
+#: latents grow to ~60 (an absolute 6e-5 here); Inductor reorders reductions
+RTOL = 1e-5
 
 
 def build_pipeline(device: torch.device) -> StableDiffusionPipeline:
@@ -125,10 +126,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     unet = pipe.unet
     diffs = [float((got - want).abs().max()) for got, want in zip(latents, eager, strict=True)]
+    relative = max(d / float(want.abs().max()) for d, want in zip(diffs, eager, strict=True))
     report = {
         "device": str(device),
         "max_diff_vs_eager": max(diffs),
-        "matches_eager": max(diffs) <= ATOL,
+        "max_relative_diff_vs_eager": relative,
+        "matches_eager": relative <= RTOL,
         "unet_calls": len(batch) * STEPS,
         "generate_seconds": round(seconds, 2),
         "specializations": [{"key": s.key, "hit": s.hit, "dynamic": s.dynamic} for s in unet.specializations],
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         print(
             f"{len(batch)} requests x {STEPS} steps in {seconds:.1f} s, max |latents - eager| "
-            f"{report['max_diff_vs_eager']:.1e}"
+            f"{report['max_diff_vs_eager']:.1e} ({relative:.1e} of the latents' largest magnitude)"
         )
         for spec in unet.specializations:
             print(f"  {'hit ' if spec.hit else 'miss'} {spec.key}")
