@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install $(PIP_QUIET) torch==$(TORCH_DEFAULT) 2>&1 | grep -v "^WARNING: Location" || true
 	$(VENV)/bin/python -c "import torch" 
 	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(VENV)/bin/python -c "import torchkiln, transformers, moto, s3fs"
+	$(VENV)/bin/python -c "import torchkiln, transformers, diffusers, moto, s3fs"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -29,7 +29,7 @@ venv: $(VENV)/.installed
 	.venv-torch$*/bin/pip install $(PIP_QUIET) torch==$* 2>&1 | grep -v "^WARNING: Location" || true
 	.venv-torch$*/bin/python -c "import torch; assert torch.__version__.startswith('$*'), torch.__version__"
 	.venv-torch$*/bin/pip install $(PIP_QUIET) -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
-	.venv-torch$*/bin/python -c "import torchkiln, transformers, moto, s3fs"
+	.venv-torch$*/bin/python -c "import torchkiln, transformers, diffusers, moto, s3fs"
 	touch $@
 
 demo: $(VENV)/.installed

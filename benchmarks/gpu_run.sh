@@ -8,7 +8,8 @@
 #   bench-<model>.txt      the rendered table; bench-<model>.md the same as Markdown; .png if matplotlib is there
 #   logs/<model>/...       every phase's own log and result record
 #   pytest-gpu.txt         the `pytest -m gpu` run, if any gpu tests exist
-#   summary.txt            one line per step: its exit code and seconds
+#   summary.txt            one line per step: its exit code and seconds (+ one digest line per VLM example run)
+#   logs/vlm/run-{1,2}.log examples/vlm_serve.py run twice on DEVICE (the second must hit), inside the logs tarball
 #
 #   profile-{after,before}.txt  benchmarks/profile_hit.py of a hit on this device, with this checkout's torchkiln and
 #                          (PROFILE_BEFORE_SRC) another one's; their JSON goes into the logs tarball
@@ -18,7 +19,7 @@
 # SKIP_INSTALL (0), BUDGET_S (540: the whole script, leaving headroom under a 600 s call limit), PHASE_TIMEOUT_S
 # (300), PYTHON (python), PROFILE_MODEL (unset: no profile), PROFILE_BEFORE_SRC (a src dir to profile as "before"),
 # PROFILE_TIMEOUT_S (120 each), PYCACHE_DIR (where the bytecode goes; default under the run's temp dir),
-# SKIP_DOCTOR (0).
+# SKIP_DOCTOR (0), VLM (1: run examples/vlm_serve.py twice), VLM_TIMEOUT_S (180 each).
 # Nothing fails hard: every step is time-limited and logged, and the script exits 0 if at least one bench JSON
 # was written.
 set -u -o pipefail
@@ -103,6 +104,33 @@ if [ "${GPU_TESTS:-1}" = 1 ] && "$PYTHON" -c "import pytest" 2>/dev/null && [ "$
   step pytest_gpu 240 "$PYTHON" -m pytest tests/gpu -m gpu -q -s -p no:cacheprovider -p no:warnings \
     -o addopts="" > "$OUT/pytest-gpu.txt" 2>&1
   echo "pytest -m gpu exit code $? (5 = no gpu tests)"
+fi
+
+# The VLM example (Qwen2-VL: vision tower and language model, two artifacts) on this device, as tests/test_examples.py
+# runs it on CPU: twice, each process with its own empty Inductor/Triton caches and one torchkiln cache; the second
+# must hit. Its JSON lines go into logs/vlm/ (the tarball) and a digest per run into summary.txt: no loose file, the
+# 8-file limit is spent on the bench results. VLM=0 skips it; VLM_TIMEOUT_S (180) bounds each run.
+if [ "${VLM:-1}" = 1 ] && [ "$(remaining)" -gt 300 ]; then
+  vlm_device=$DEVICE
+  if [ "$vlm_device" = cuda ] && ! "$PYTHON" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    vlm_device=cpu  # no CUDA here after all: still check the round trip
+  fi
+  mkdir -p "$OUT/logs/vlm" "$WORK/vlm"
+  for i in 1 2; do
+    TORCHINDUCTOR_CACHE_DIR="$WORK/vlm/inductor-$i" TRITON_CACHE_DIR="$WORK/vlm/triton-$i" \
+      step "vlm_serve_$i" "${VLM_TIMEOUT_S:-180}" "$PYTHON" examples/vlm_serve.py --device "$vlm_device" \
+      --cache "$WORK/vlm/tkcache" --json > "$OUT/logs/vlm/run-$i.log" 2>&1
+    tail -n 1 "$OUT/logs/vlm/run-$i.log" | "$PYTHON" -c "
+import json, sys
+try:
+    r = json.loads(sys.stdin.read())
+except ValueError:
+    print('vlm_serve run $i: no JSON result (see logs/vlm/run-$i.log)')
+else:
+    print('vlm_serve run $i:', r['device'], 'hit=%s' % r['hit'], 'matches_eager=%s' % r['matches_eager'],
+          'max_diff=%.1e' % r['max_diff_vs_eager'], 'first_output_s=%s' % r['first_output_seconds'])
+" >> "$OUT/summary.txt" || true
+  done
 fi
 
 # Where a hit spends its time on this device, after and (with PROFILE_BEFORE_SRC) before this checkout's changes.

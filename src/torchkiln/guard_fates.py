@@ -28,6 +28,7 @@ import collections
 import contextlib
 import dataclasses
 import math
+import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -123,6 +124,11 @@ def guard_roots(records: Sequence[GuardRecord]) -> set[str]:
 # -- evaluating guard expressions --------------------------------------------------------------------------------
 def _namespace(f_globals: Mapping[str, Any], f_locals: Mapping[str, Any] | None) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__builtins__": builtins, **_HELPERS, "G": f_globals}
+    # Dynamo spells a dict key that is a dtype as ``torch.float64`` in a guard's source (``X[torch.float64]``, as
+    # diffusers' ``_DTYPE_UNSUPPORTED_DEVICES`` in every Flux forward): its own guards evaluate with ``torch`` in
+    # scope, so ours do too. torch is always imported by then (a re-check runs beside a compiled artifact).
+    if "torch" in sys.modules:
+        namespace["torch"] = sys.modules["torch"]
     if f_locals is not None:
         namespace["L"] = f_locals
     return namespace
@@ -287,6 +293,8 @@ def _compile_fast_check(
     terms = [_fast_term(r, v, i) for i, (r, v) in enumerate(zip(records, values, strict=True))]
     lines.append("    return " + (" and ".join(terms) or "True"))
     namespace: dict[str, Any] = {"__builtins__": builtins, **_HELPERS, "___tk_keys": _keys_of}
+    if "torch" in sys.modules:  # as in _namespace: ``X[torch.float64]``
+        namespace["torch"] = sys.modules["torch"]
     exec(compile("\n".join(lines), "<torchkiln guard re-check>", "exec"), namespace)
     function: Callable[[Mapping[str, Any], Mapping[str, Any], list[Any]], bool] = namespace["___torchkiln_check"]
     return function

@@ -75,7 +75,8 @@ def _owner_token(owner: Any) -> str:
 
 def _constant(value: Any, depth: int = 0) -> tuple[bool, Any]:
     """(True, JSON form) for a value compared by equality: None, bool, int, float, str, tuples/lists of those,
-    torch dtypes and devices (by their text); (False, None) otherwise."""
+    sets/frozensets of those (sorted: iteration order is per process, by string hash), torch dtypes and devices
+    (by their text); (False, None) otherwise."""
     if value is None or isinstance(value, bool | int | str):
         return True, value
     if isinstance(value, float):
@@ -83,6 +84,11 @@ def _constant(value: Any, depth: int = 0) -> tuple[bool, Any]:
     if isinstance(value, tuple | list) and depth < 4 and len(value) <= 64:
         items = [_constant(v, depth + 1) for v in value]
         return (all(ok for ok, _ in items), [v for _, v in items])
+    # diffusers guards a module-level ``frozenset({"mps", "npu"})`` (which devices lack float64) in every Flux
+    # forward: SET_CONTAINS / SET_NOT_CONTAINS / CONSTANT_MATCH on it are re-checked by value.
+    if isinstance(value, set | frozenset) and depth < 4 and len(value) <= 64:
+        members = [_constant(v, depth + 1) for v in value]
+        return (all(ok for ok, _ in members), sorted((v for _, v in members), key=repr))
     module = type(value).__module__
     if module == "torch" and type(value).__name__ in ("dtype", "device", "layout", "memory_format"):
         return True, str(value)

@@ -4,7 +4,7 @@
 ``{"args", "kwargs"}`` for ``helpers.child`` (``batch``/``seq`` change the sizes where a family has them: the
 dynamic-shape calls). ``FAMILIES`` lists every family with the class it exercises and the settings it needs;
 tests/zoo/test_zoo.py runs them and docs/MODELS.md tabulates the results. Llama, GPT-2, ViT and Llava reuse the
-configs of tests/helpers/hf_models.py.
+configs of tests/helpers/hf_models.py; the diffusers denoisers live in tests/helpers/zoo_diffusers.py.
 
 Settings every family here uses, listed once: ``use_cache=False`` for the language models (one prefill/scoring
 forward; a KV-cache object is not a tensor output), special token ids inside the tiny vocabulary, and the default
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from helpers import hf_models
+from helpers import hf_models, zoo_diffusers
 
 VOCAB = hf_models.VOCAB
 SEQ = hf_models.SEQ
@@ -431,6 +431,11 @@ FAMILIES: dict[str, Family] = {
         Family("paligemma_lm", "PaliGemmaForConditionalGeneration", _paligemma_build, _recipe("paligemma_lm")),
         Family("qwen2_vl_lm", "Qwen2VLForConditionalGeneration", _seeded(_qwen2_vl), _recipe("qwen2_vl_lm")),
         Family("qwen2_5_vl_lm", "Qwen2_5_VLForConditionalGeneration", _seeded(_qwen2_5_vl), _recipe("qwen2_5_vl_lm")),
+        # diffusers: the per-step denoisers of a diffusion pipeline (helpers/zoo_diffusers.py)
+        Family("sd_unet", "UNet2DConditionModel", zoo_diffusers.unet_2d_condition, zoo_diffusers.unet_inputs),
+        Family("dit", "DiTTransformer2DModel", zoo_diffusers.dit, zoo_diffusers.dit_inputs),
+        Family("pixart", "PixArtTransformer2DModel", zoo_diffusers.pixart, zoo_diffusers.pixart_inputs),
+        Family("flux", "FluxTransformer2DModel", zoo_diffusers.flux, zoo_diffusers.flux_inputs),
     )
 }
 
