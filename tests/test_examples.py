@@ -78,6 +78,7 @@ def test_server_preload_reads_weights_from_safetensors_and_hits_with_preload(tmp
     assert second["timings"]["compile"] == 0.0
 
 
+@pytest.mark.slow  # 150-200 s on 2 cores (the UNet compiles longest): `make test-slow`, keeping `make test` ~15 min
 def test_diffusers_pipeline_unet_compiles_once_and_loads_in_the_next_process(tmp_path: Path) -> None:
     pytest.importorskip("diffusers", reason="diffusers is in the dev extra")
     first, second = _twice("diffusers_unet.py", tmp_path)
