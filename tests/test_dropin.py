@@ -125,10 +125,10 @@ def test_autotuning_compiles_tune_triton_launch_configs_at_compile_time(
     mode: str | None, options: dict[str, Any] | None, tunes_at_compile: bool | None
 ) -> None:
     # what the artifact then carries (.best_config files) is proven on a GPU: tests/gpu/test_gpu_modes.py
-    from torchkiln import compiler
+    from torchkiln.inductor_options import AUTOTUNE_AT_COMPILE_TIME, inductor_options
 
-    merged = compiler.inductor_options(mode, options, dynamic=False)
-    assert merged.get(compiler.AUTOTUNE_AT_COMPILE_TIME) is tunes_at_compile
+    merged = inductor_options(mode, options, dynamic=False)
+    assert merged.get(AUTOTUNE_AT_COMPILE_TIME) is tunes_at_compile
 
 
 # -- torchkiln.install() ----------------------------------------------------------------------------------------

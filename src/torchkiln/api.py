@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, overload
 
-from torchkiln import arguments, compiler, settings, targets
+from torchkiln import arguments, inductor_options, settings, targets
 from torchkiln.compat import check_supported
 from torchkiln.errors import StoreError, warn
 from torchkiln.request import request_fingerprint, request_key
@@ -131,7 +131,8 @@ def compile(
         strict=strict,
     )
     if backend == "inductor" and (options or mode not in (None, "default")):
-        compiler.inductor_options(mode, options, dynamic=bool(dynamic))  # an unknown option fails now, not later
+        # an unknown option fails now, not at the first call
+        inductor_options.inductor_options(mode, options, dynamic=bool(dynamic))
     store = _open(config.cache if cache is None else cache, strict or config.strict)
     from torchkiln import methods, wrappers
 

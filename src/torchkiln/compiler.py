@@ -44,7 +44,6 @@ __all__ = [
     "check_loadable",
     "compile_target",
     "exception_reason",
-    "inductor_options",
     "load",
     "torch_compile",
 ]
@@ -287,57 +286,6 @@ def torch_compile() -> Callable[..., Any]:
     return getattr(torch.compile, ORIGINAL_ATTRIBUTE, torch.compile)
 
 
-#: The Inductor option that moves a Triton kernel's launch-config benchmarking from its first call to the compile.
-AUTOTUNE_AT_COMPILE_TIME = "triton.autotune_at_compile_time"
-
-
-def inductor_options(mode: str | None, options: Mapping[str, Any] | None, *, dynamic: bool) -> dict[str, Any]:
-    """The Inductor options a ``torch.compile(mode=mode, options=options)`` call compiles with, merged the way torch
-    merges them (``_TorchCompileInductorWrapper.apply_mode`` then ``apply_options``): the mode's table
-    (``torch._inductor.list_mode_options(mode, dynamic)``), then the options, ``-`` read as ``_``.
-
-    Raises ``InvalidArgumentError`` for an option Inductor does not know or a value of the wrong type, the checks
-    torch makes (as a RuntimeError) when it builds its backend.
-    """
-    from torch._inductor import config, list_mode_options
-
-    from torchkiln.errors import InvalidArgumentError
-
-    merged: dict[str, Any] = {}
-    if mode and mode != "default":
-        merged.update(list_mode_options(mode, dynamic))
-    known = config.get_config_copy()
-    for key, value in (options or {}).items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            close = sorted(k for k in known if name.split(".")[-1] in k)[:5]
-            raise InvalidArgumentError(
-                f"options[{key!r}] is not an Inductor option",
-                where="options",
-                fix="use a name from torch._inductor.config" + (f" (close: {', '.join(close)})" if close else ""),
-            )
-        kind = config.get_type(name)  # type: ignore[attr-defined]
-        if isinstance(kind, type) and not isinstance(value, kind):
-            raise InvalidArgumentError(
-                f"options[{key!r}] is a {type(value).__name__}, Inductor expects a {kind.__name__}",
-                where="options",
-                fix=f"pass a {kind.__name__}",
-            )
-        merged[name] = value
-    if (
-        merged.get("max_autotune") or merged.get("coordinate_descent_tuning")
-    ) and AUTOTUNE_AT_COMPILE_TIME not in merged:
-        # These modes leave part of their tuning to a kernel's first launch: a Triton kernel with several configs
-        # benchmarks them then (and coordinate-descent refines the winner), writing a ``.best_config`` file beside
-        # the kernel in the Inductor cache. In the compiling process that happens after the artifact is recorded, so
-        # every hit would benchmark again. Tuning at compile time (Inductor runs the kernels on example values, the
-        # path AOTInductor uses) writes those files inside the recorded cache, and the artifact carries them
-        # (kernels/record.py). The pick is the one first-launch tuning would make, at another time. An explicit
-        # ``triton.autotune_at_compile_time`` from the caller still wins.
-        merged[AUTOTUNE_AT_COMPILE_TIME] = True
-    return merged
-
-
 def _serialize(compiled: Any) -> bytes:
     serialize = getattr(type(compiled), "serialize", None)
     if serialize is not None:
@@ -398,9 +346,18 @@ def _run_on_callers_closure(function: Any, fn: Any) -> None:
     checked against what the caller holds now, as in the process that compiled: a different value is a guard miss
     (a new specialization), never a wrong result.
     """
-    artifacts = function._artifacts
-    env = artifacts.runtime_env
     cells = fn.__closure__
+    artifacts: Any = getattr(function, "_artifacts", None)
+    env = getattr(artifacts, "runtime_env", None)
+    if env is None:
+        if not cells:
+            return  # nothing to rebind: a plain function runs on its globals, which the loader re-checks
+        # a torch whose loaded function keeps its environment elsewhere: the closure cannot be proven, so a miss
+        raise IncompatibleArtifactError(
+            f"cannot bind {fn.__qualname__}'s closure to this torch's loaded function",
+            where=fn.__qualname__,
+            fix="nothing to do: torchkiln compiles it again",
+        )
     if not env.closure and not cells:
         return
     if cells is None or env.bytecode.co_freevars != fn.__code__.co_freevars:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from torchkiln import builder, cache_key, compiler, frames, loader, progress, request, settings
+from torchkiln import builder, cache_key, frames, inductor_options, loader, progress, request, settings
 from torchkiln.errors import CompileError, StaleArtifactError, StoreError, TorchkilnError, warn
 from torchkiln.fingerprint import Fingerprint
 from torchkiln.specialization import TIMING_KEYS, Entry, Recipe, Specialization, family_of
@@ -335,7 +335,7 @@ class Specializer:
     ) -> Entry:
         options = self.recipe.options
         if self.recipe.backend == "inductor":
-            options = compiler.inductor_options(self.recipe.mode, options, dynamic=dynamic)
+            options = inductor_options.inductor_options(self.recipe.mode, options, dynamic=dynamic)
         built = builder.build(
             self.target,
             args,

@@ -44,16 +44,16 @@ def logits(out: object) -> torch.Tensor:
 
 def tune_at_first_call_only() -> None:
     """torchkiln before it tuned at compile time: the mode's options without ``triton.autotune_at_compile_time``."""
-    from torchkiln import compiler
+    from torchkiln import inductor_options
 
-    original = compiler.inductor_options
+    original = inductor_options.inductor_options
 
     def without(*args: object, **kwargs: object) -> dict[str, object]:
         options = original(*args, **kwargs)  # type: ignore[arg-type]
-        options.pop(compiler.AUTOTUNE_AT_COMPILE_TIME, None)
+        options.pop(inductor_options.AUTOTUNE_AT_COMPILE_TIME, None)
         return options
 
-    compiler.inductor_options = without  # type: ignore[assignment]
+    inductor_options.inductor_options = without  # type: ignore[assignment]
 
 
 def count_tuning() -> tuple[dict[str, int], list[dict[str, object]]]:
