@@ -316,15 +316,17 @@ def load(
     """
     import torch.compiler
 
-    # The fixes for bugs in how torch reads back what it saved (the compile path applied all of them already).
-    compat.apply_load_fixes()
-    f_globals = loader_globals(target, is_module)
-    if device_type != "cpu":
+    gpu = device_type != "cpu"
+    if gpu:
         # A GPU hit keys every Triton kernel it loads with torch_key() and triton_key(): from the install memo,
         # neither torch nor Triton hashes its own sources. A CPU hit calls neither (benchmarks/results/
         # cpu-profile-hit-*.txt, cpu211-profile-hit-*.txt): no memo check there.
         inductor_cache.prime_torch_key()
         inductor_cache.prime_triton_key()
+    # The fixes for bugs in how torch reads back what it saved (the compile path applied all of them already);
+    # after the memo, since the Triton-kernel fixes' probes read torch_key().
+    compat.apply_load_fixes(triton=gpu)
+    f_globals = loader_globals(target, is_module)
     # Kernels load in this process (compile_threads); a restored bundle's settings are applied around this call by
     # the load path (loader.py, kernels.loading), while check_loadable loads with the compiling process's own.
     with inductor_cache.loading(bundle_settings=False):

@@ -34,6 +34,8 @@ FIX_IDS = (
     "guard-state-singletons",
     "import-source-reload",
     "wrapped-functions",
+    "static-autotuner-paths",
+    "coordesc-warm-cache",
 )
 
 
@@ -150,6 +152,8 @@ def test_guard_state_singletons_apply_is_idempotent_and_revert_restores_reducer_
     [
         ("import-source-reload", "torch._dynamo.source:ImportSource", "__post_init__"),
         ("wrapped-functions", "torch._dynamo.aot_compile:AOTCompilePickler", "reducer_override"),
+        ("static-autotuner-paths", "torch._inductor.triton_bundler:TritonBundler", "load_autotuners"),
+        ("coordesc-warm-cache", "torch._inductor.runtime.triton_heuristics:CachingAutotuner", "recheck_autotune_cache"),
     ],
 )
 def test_class_patching_fixes_apply_once_and_revert_to_torchs_function(fix_id: str, owner: str, attribute: str) -> None:
@@ -173,8 +177,15 @@ def test_class_patching_fixes_apply_once_and_revert_to_torchs_function(fix_id: s
 @pytest.mark.compat
 def test_load_fixes_are_only_those_that_repair_a_load() -> None:
     statuses = compat.apply_load_fixes()
-    assert [s.id for s in statuses] == [f.id for f in compat.fixes() if f.repairs_load] == ["import-source-reload"]
-    assert set(compat.applied_ids()) <= {"import-source-reload"}
+    load_fixes = ["import-source-reload", "static-autotuner-paths", "coordesc-warm-cache"]
+    assert [s.id for s in statuses] == [f.id for f in compat.fixes() if f.repairs_load] == load_fixes
+    assert set(compat.applied_ids()) <= set(load_fixes)
+
+
+def test_a_load_without_triton_kernels_leaves_the_triton_fixes_alone() -> None:
+    statuses = compat.apply_load_fixes(triton=False)
+    assert [s.id for s in statuses] == ["import-source-reload"]
+    assert not {"static-autotuner-paths", "coordesc-warm-cache"} & set(compat.applied_ids())
 
 
 def test_shared_singletons_are_the_values_a_fresh_process_rebuilds_by_name() -> None:

@@ -207,14 +207,16 @@ def apply_fixes(ids: Sequence[str] | None = None) -> list[FixStatus]:
     return results
 
 
-def apply_load_fixes() -> list[FixStatus]:
+def apply_load_fixes(*, triton: bool = True) -> list[FixStatus]:
     """Apply the needed fixes that repair a *load* (``Fix.repairs_load``), for a process that compiles nothing.
 
     The hit path never runs ``apply_fixes()`` (its probes trace tiny functions with Dynamo); a bug in how torch
     reads back what it saved still has to be fixed there, so those fixes are applied here, with their own cheap
-    probes (run once per process). Every other fix repairs what torch saves and stays untouched.
+    probes (run once per process). Every other fix repairs what torch saves and stays untouched. ``triton=False``
+    (an artifact without Triton kernels) leaves out the fixes that repair only how Triton kernels load
+    (``Fix.needs_triton``).
     """
-    return apply_fixes([fix.id for fix in _all_fixes() if fix.repairs_load])
+    return apply_fixes([fix.id for fix in _all_fixes() if fix.repairs_load and (triton or not fix.needs_triton)])
 
 
 def applied_ids() -> list[str]:
