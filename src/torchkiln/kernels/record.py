@@ -10,6 +10,7 @@ and publishes them into the user's own cache; :func:`bundle_of` encodes a record
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import logging
@@ -50,6 +51,9 @@ def recording() -> Iterator[KernelRecording]:
     """Run the enclosed ``aot_compile`` against a fresh private Inductor/Triton cache and keep what it wrote.
 
     Afterwards the files are published into the user's cache (never overwriting) and kept for :func:`bundle_of`.
+    The private dir itself is removed when the process exits, not here: the compiled function this process runs
+    was loaded from it, and its Triton kernels keep writing there (a ``.best_config`` from a tuning at first launch,
+    a source reloaded for a recompile); removing it now only made torch recreate it, and leave it behind.
     """
     user_dirs = inductor_cache.inductor_cache_dirs()  # before the scope redirects them
     private = Path(tempfile.mkdtemp(prefix="torchkiln-kernels-"))
@@ -69,7 +73,7 @@ def recording() -> Iterator[KernelRecording]:
         except (OSError, ArtifactCorruptError) as exc:
             _log.warning("could not copy compiled kernels into %s: %s", user_dirs[0], exc)
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
 
 
 def _collect(private: Path) -> dict[str, bytes]:
