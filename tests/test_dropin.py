@@ -110,24 +110,26 @@ def test_mode_is_in_the_key_and_round_trips(built: dict[str, Any], loaded: dict[
 
 
 @pytest.mark.parametrize(
-    ("mode", "options", "tunes_at_compile"),
+    ("mode", "options", "triton", "tunes_at_compile"),
     [
-        ("max-autotune", None, True),
-        ("max-autotune-no-cudagraphs", None, True),
-        (None, {"max_autotune": True}, True),
-        (None, {"coordinate_descent_tuning": True}, True),
-        (None, {"max_autotune": True, "triton.autotune_at_compile_time": False}, False),  # the caller's choice wins
-        ("reduce-overhead", None, None),
-        (None, None, None),
+        ("max-autotune", None, True, True),
+        ("max-autotune-no-cudagraphs", None, True, True),
+        (None, {"max_autotune": True}, True, True),
+        (None, {"coordinate_descent_tuning": True}, True, True),
+        ("reduce-overhead", None, True, True),  # its pointwise kernels still have several launch configs
+        (None, None, True, True),
+        (None, {"max_autotune": True, "triton.autotune_at_compile_time": False}, True, False),  # the caller's choice
+        ("max-autotune", None, False, None),  # a CPU compile has no Triton kernels: its options stay torch's
+        (None, None, False, None),
     ],
 )
-def test_autotuning_compiles_tune_triton_launch_configs_at_compile_time(
-    mode: str | None, options: dict[str, Any] | None, tunes_at_compile: bool | None
+def test_triton_compiles_tune_launch_configs_at_compile_time(
+    mode: str | None, options: dict[str, Any] | None, triton: bool, tunes_at_compile: bool | None
 ) -> None:
     # what the artifact then carries (.best_config files) is proven on a GPU: tests/gpu/test_gpu_modes.py
     from torchkiln.inductor_options import AUTOTUNE_AT_COMPILE_TIME, inductor_options
 
-    merged = inductor_options(mode, options, dynamic=False)
+    merged = inductor_options(mode, options, dynamic=False, triton=triton)
     assert merged.get(AUTOTUNE_AT_COMPILE_TIME) is tunes_at_compile
 
 

@@ -1,9 +1,10 @@
 """The Inductor options a ``torch.compile(mode=..., options=...)`` call compiles with, as torchkiln compiles it.
 
 One rule in one place: the mode's table, then the caller's options, checked the way torch checks them, then what
-torchkiln adds so that an artifact carries what its compile did (an autotuning compile tunes Triton launch configs
-at compile time, see below). The key names the mode and the options as given (``request.key_options``), not this
-merged table. It reads ``torch._inductor.config`` (allowed in tools/check_forbidden_imports.py).
+torchkiln adds so that an artifact carries what its compile did (a compile for a Triton device tunes its kernels'
+launch configs at compile time, see below). The key names the mode and the options as given
+(``request.key_options``), not this merged table. It reads ``torch._inductor.config`` (allowed in
+tools/check_forbidden_imports.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ __all__ = ["AUTOTUNE_AT_COMPILE_TIME", "inductor_options"]
 AUTOTUNE_AT_COMPILE_TIME = "triton.autotune_at_compile_time"
 
 
-def inductor_options(mode: str | None, options: Mapping[str, Any] | None, *, dynamic: bool) -> dict[str, Any]:
+def inductor_options(
+    mode: str | None, options: Mapping[str, Any] | None, *, dynamic: bool, triton: bool = False
+) -> dict[str, Any]:
     """The Inductor options a ``torch.compile(mode=mode, options=options)`` call compiles with, merged the way torch
     merges them (``_TorchCompileInductorWrapper.apply_mode`` then ``apply_options``): the mode's table
     (``torch._inductor.list_mode_options(mode, dynamic)``), then the options, ``-`` read as ``_``.
 
-    Raises ``InvalidArgumentError`` for an option Inductor does not know or a value of the wrong type, the checks
-    torch makes (as a RuntimeError) when it builds its backend.
+    ``triton``: the graph runs Triton kernels (a CUDA or XPU compile); their launch configs are then tuned at
+    compile time. Raises ``InvalidArgumentError`` for an option Inductor does not know or a value of the wrong type,
+    the checks torch makes (as a RuntimeError) when it builds its backend.
     """
     from torch._inductor import config, list_mode_options
 
@@ -51,15 +55,15 @@ def inductor_options(mode: str | None, options: Mapping[str, Any] | None, *, dyn
                 fix=f"pass a {kind.__name__}",
             )
         merged[name] = value
-    if (
-        merged.get("max_autotune") or merged.get("coordinate_descent_tuning")
-    ) and AUTOTUNE_AT_COMPILE_TIME not in merged:
-        # These modes leave part of their tuning to a kernel's first launch: a Triton kernel with several configs
-        # benchmarks them then (and coordinate-descent refines the winner), writing a ``.best_config`` file beside
-        # the kernel in the Inductor cache. In the compiling process that happens after the artifact is recorded, so
-        # every hit would benchmark again. Tuning at compile time (Inductor runs the kernels on example values, the
-        # path AOTInductor uses) writes those files inside the recorded cache, and the artifact carries them
-        # (kernels/record.py). The pick is the one first-launch tuning would make, at another time. An explicit
-        # ``triton.autotune_at_compile_time`` from the caller still wins.
+    if triton and AUTOTUNE_AT_COMPILE_TIME not in merged:
+        # Every mode leaves part of a Triton kernel's tuning to its first launch: a kernel with several launch configs
+        # (any 1-D pointwise kernel, ``autotune_pointwise`` is on by default; every kernel under ``max_autotune``)
+        # benchmarks them then, and coordinate descent refines the winner, writing a ``.best_config`` file beside the
+        # kernel in the Inductor cache. In the compiling process that happens after the artifact is recorded, so
+        # every hit would benchmark again (H200: a ``reduce-overhead`` MLP hit ran ``benchmark_all_configs`` once).
+        # Tuning at compile time (Inductor runs the kernels on example values, the path AOTInductor uses) writes
+        # those files inside the recorded cache, and the artifact carries them (kernels/record.py). The pick is the
+        # one first-launch tuning would make, at another time. An explicit ``triton.autotune_at_compile_time`` from
+        # the caller still wins.
         merged[AUTOTUNE_AT_COMPILE_TIME] = True
     return merged

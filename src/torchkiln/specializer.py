@@ -32,7 +32,7 @@ from typing import Any
 
 from torchkiln import builder, cache_key, frames, inductor_options, loader, progress, request, settings
 from torchkiln.errors import CompileError, StaleArtifactError, StoreError, TorchkilnError, warn
-from torchkiln.fingerprint import Fingerprint
+from torchkiln.fingerprint import GPU_DEVICE_TYPES, Fingerprint
 from torchkiln.specialization import TIMING_KEYS, Entry, Recipe, Specialization, family_of
 from torchkiln.store import Store
 from torchkiln.store.base import variant_key
@@ -335,7 +335,9 @@ class Specializer:
     ) -> Entry:
         options = self.recipe.options
         if self.recipe.backend == "inductor":
-            options = inductor_options.inductor_options(self.recipe.mode, options, dynamic=dynamic)
+            options = inductor_options.inductor_options(
+                self.recipe.mode, options, dynamic=dynamic, triton=fingerprint.device_type in GPU_DEVICE_TYPES
+            )
         built = builder.build(
             self.target,
             args,
