@@ -301,6 +301,25 @@ def _serialize(compiled: Any) -> bytes:
         return path.read_bytes()
 
 
+def prepare_load(device_type: str | None) -> None:
+    """What a process needs before torch reads an artifact for ``device_type``; idempotent, and cheap once done.
+
+    The load path calls it before it settles the CPU ISA (loader.load), ``preload`` on its thread, and
+    :func:`load` itself (``check_loadable`` enters there).
+    """
+    gpu = device_type != "cpu"
+    if gpu:
+        # A GPU hit keys every Triton kernel it loads with torch_key() and triton_key(): from the install memo,
+        # neither torch nor Triton hashes its own sources. A CPU hit calls neither (benchmarks/results/
+        # cpu-profile-hit-*.txt, cpu211-profile-hit-*.txt): no memo check there.
+        inductor_cache.prime_torch_key()
+        inductor_cache.prime_triton_key()
+    # The fixes for bugs in how torch reads back what it saved (the compile path applied all of them already);
+    # after the memo, since the Triton-kernel fixes' probes read torch_key(), and before the ISA is picked, since
+    # isa-probe-without-import changes how Inductor checks it.
+    compat.apply_load_fixes(triton=gpu)
+
+
 def load(
     payload: bytes,
     *,
@@ -316,16 +335,7 @@ def load(
     """
     import torch.compiler
 
-    gpu = device_type != "cpu"
-    if gpu:
-        # A GPU hit keys every Triton kernel it loads with torch_key() and triton_key(): from the install memo,
-        # neither torch nor Triton hashes its own sources. A CPU hit calls neither (benchmarks/results/
-        # cpu-profile-hit-*.txt, cpu211-profile-hit-*.txt): no memo check there.
-        inductor_cache.prime_torch_key()
-        inductor_cache.prime_triton_key()
-    # The fixes for bugs in how torch reads back what it saved (the compile path applied all of them already);
-    # after the memo, since the Triton-kernel fixes' probes read torch_key().
-    compat.apply_load_fixes(triton=gpu)
+    prepare_load(device_type)
     f_globals = loader_globals(target, is_module)
     # Kernels load in this process (compile_threads); a restored bundle's settings are applied around this call by
     # the load path (loader.py, kernels.loading), while check_loadable loads with the compiling process's own.

@@ -162,6 +162,7 @@ def load(
     timings["restore_kernels"] = timings.get("restore_kernels", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
     try:
+        compiler.prepare_load(header.device_type)  # before kernels.loading settles the CPU ISA
         with kernels.loading(report):
             function = compiler.load(
                 decoded.sections["payload"],

@@ -166,13 +166,13 @@ class Preload:
             self.timings["total"] = time.perf_counter() - t0
 
     def _phase_imports(self, work: _Work) -> None:
-        """Phase 1 (import lock held): the store backend, the hit's torch imports, the install memo."""
+        """Phase 1 (import lock held): the store backend, the hit's torch imports, the install memo, the load fixes."""
         start = time.perf_counter()
         import codecs
 
         import torch
 
-        from torchkiln import inductor_cache
+        from torchkiln import compiler, inductor_cache
 
         codecs.lookup("cp437")  # zipfile's default name encoding (the kernel bundle): its module, imported now
 
@@ -183,11 +183,10 @@ class Preload:
         self.device = device
         self.imports = inductor_cache.warm_imports(device)
         self.timings["torch_imports"] = self.imports.seconds
-        if device != "cpu":
-            start = time.perf_counter()
-            inductor_cache.prime_torch_key()
-            inductor_cache.prime_triton_key()
-            self.timings["install_memo"] = time.perf_counter() - start
+        # The install memo and the load's forward fixes, before phase 2 picks the CPU ISA
+        start = time.perf_counter()
+        compiler.prepare_load(device)
+        self.timings["prepare_load"] = time.perf_counter() - start
 
     def _phase_artifacts(self, work: _Work) -> None:
         """Phase 2 (no lock): read, verify and decode the candidates, restore their kernels, offer them to loader."""

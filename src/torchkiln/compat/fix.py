@@ -51,8 +51,8 @@ class Fix:
     #: fixes are listed, probed and applied in ascending ``order``, then by ``id``; the fix module's comment at
     #: its ``FIX`` says why it sits where it does
     order: int = DEFAULT_ORDER
-    #: the bug breaks the *load* of what torch saved, so the fix must be active in a process that only loads:
-    #: ``apply_load_fixes()`` applies these on the load path (their probes must be cheap: no compile)
+    #: the bug breaks (or slows) the *load* of what torch saved, so the fix must be active in a process that only
+    #: loads: ``apply_load_fixes()`` applies these on the load path (their probes must be cheap: no compile)
     repairs_load: bool = False
     #: the bug lives in loading Triton kernels: a load of an artifact without them (a CPU one) skips the fix, so its
     #: probe (which may hash torch's sources for ``torch_key``) costs a CPU hit nothing
