@@ -160,6 +160,7 @@ def test_guard_state_singletons_apply_is_idempotent_and_revert_restores_reducer_
         ("wrapped-functions", "torch._dynamo.aot_compile:AOTCompilePickler", "reducer_override"),
         ("static-autotuner-paths", "torch._inductor.triton_bundler:TritonBundler", "load_autotuners"),
         ("coordesc-warm-cache", "torch._inductor.runtime.triton_heuristics:CachingAutotuner", "recheck_autotune_cache"),
+        ("isa-probe-without-import", "torch._inductor.cpu_vec_isa:VecISA", "_avx_py_load"),
     ],
 )
 def test_class_patching_fixes_apply_once_and_revert_to_torchs_function(fix_id: str, owner: str, attribute: str) -> None:

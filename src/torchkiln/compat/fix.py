@@ -1,9 +1,9 @@
 """The forward-fix records: ``Fix`` (what a fix module declares) and ``FixStatus`` (what the registry reports).
 
 Every module in compat/fixes/ builds one ``Fix`` and exposes it as its module-level ``FIX``; it imports this
-module and the shared helpers of compat/ (runtime_env_patch, probing, references, versions), never the registry
-and never another fix, so one broken fix cannot take the others down with it. registry.py discovers the
-records and owns their states; this module owns only their shape.
+module and the shared helpers of compat/ (class_patch, runtime_env_patch, probing, references, versions), never
+the registry and never another fix, so one broken fix cannot take the others down with it. registry.py discovers
+the records and owns their states; this module owns only their shape.
 """
 
 from __future__ import annotations

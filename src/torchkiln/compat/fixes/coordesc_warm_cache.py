@@ -43,11 +43,10 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
+from torchkiln.compat.class_patch import ClassPatch
 from torchkiln.compat.fix import Fix
 
 __all__ = ["FIX"]
-
-_original: Any = None
 
 
 def _heuristics() -> Any:
@@ -144,29 +143,23 @@ def _probe() -> bool:
     return not getattr(kernel.compile_results[0].config, "found_by_coordesc", False)
 
 
+def _autotuner_class() -> Any:
+    heuristics = _heuristics()
+    return None if heuristics is None else heuristics.CachingAutotuner
+
+
+_patch = ClassPatch(_autotuner_class, "recheck_autotune_cache")
+
+
 def _apply() -> None:
-    global _original
-    heuristics = _heuristics()
-    if _original is not None or heuristics is None:
-        return
-    autotuner = heuristics.CachingAutotuner
-    original = vars(autotuner)["recheck_autotune_cache"]
+    def replace(original: Any) -> Any:
+        @functools.wraps(original)  # keeps the name: torch pickles bound methods of this class by name
+        def recheck_autotune_cache(self: Any, reload_kernel_from_src: Any) -> None:
+            _recheck(original, self, reload_kernel_from_src)
 
-    @functools.wraps(original)  # keeps the name: torch pickles bound methods of this class by name
-    def recheck_autotune_cache(self: Any, reload_kernel_from_src: Any) -> None:
-        _recheck(original, self, reload_kernel_from_src)
+        return recheck_autotune_cache
 
-    autotuner.recheck_autotune_cache = recheck_autotune_cache
-    _original = original
-
-
-def _revert() -> None:
-    global _original
-    heuristics = _heuristics()
-    if _original is None or heuristics is None:
-        return
-    heuristics.CachingAutotuner.recheck_autotune_cache = _original
-    _original = None
+    _patch.apply(replace)
 
 
 # After static-autotuner-paths (70): the re-check runs when a restored kernel is first resolved, after the load has
@@ -185,8 +178,8 @@ FIX = Fix(
     targets_exist=lambda: _heuristics() is not None,
     probe=_probe,
     apply=_apply,
-    revert=_revert,
-    is_applied=lambda: _original is not None,
+    revert=_patch.revert,
+    is_applied=_patch.is_applied,
     order=80,
     repairs_load=True,
     needs_triton=True,

@@ -34,11 +34,10 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
+from torchkiln.compat.class_patch import ClassPatch
 from torchkiln.compat.fix import Fix
 
 __all__ = ["FIX"]
-
-_original: Any = None
 
 
 def _source_class() -> Any:
@@ -68,32 +67,22 @@ def _probe() -> bool:
     return False
 
 
+_patch = ClassPatch(_source_class, "__post_init__")
+
+
 def _apply() -> None:
-    global _original
-    source = _source_class()
-    if _original is not None or source is None:
-        return
     from torch._guards import TracingContext
 
-    original = vars(source)["__post_init__"]
+    def replace(original: Any) -> Any:
+        @functools.wraps(original)
+        def post_init(self: Any) -> None:
+            if TracingContext.try_get() is None:
+                return  # unpickled outside a trace (a load): there is no guards context to install into
+            original(self)
 
-    @functools.wraps(original)
-    def post_init(self: Any) -> None:
-        if TracingContext.try_get() is None:
-            return  # unpickled outside a trace (a load): there is no guards context to install into
-        original(self)
+        return post_init
 
-    source.__post_init__ = post_init
-    _original = original
-
-
-def _revert() -> None:
-    global _original
-    source = _source_class()
-    if _original is None or source is None:
-        return
-    source.__post_init__ = _original
-    _original = None
+    _patch.apply(replace)
 
 
 # After the runtime-environment fixes (10-30) and guard-state-singletons (40): it repairs the load of the guard
@@ -108,8 +97,8 @@ FIX = Fix(
     targets_exist=lambda: _source_class() is not None,
     probe=_probe,
     apply=_apply,
-    revert=_revert,
-    is_applied=lambda: _original is not None,
+    revert=_patch.revert,
+    is_applied=_patch.is_applied,
     order=50,
     repairs_load=True,  # the failure is in a process that only loads
 )

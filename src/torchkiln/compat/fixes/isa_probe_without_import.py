@@ -34,11 +34,10 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
+from torchkiln.compat.class_patch import ClassPatch
 from torchkiln.compat.fix import Fix
 
 __all__ = ["FIX", "light_loader_script"]
-
-_original: str | None = None
 
 # ``__lib_path__`` is what torch's check_build replaces with the test library's path. The libraries are loaded by
 # absolute path: a library already loaded satisfies a dependency on its soname, without LD_LIBRARY_PATH.
@@ -85,22 +84,11 @@ def _probe() -> bool:
     return any(line.strip() == "import torch" and not line[:1].isspace() for line in isa._avx_py_load.splitlines())
 
 
+_patch = ClassPatch(_isa_class, "_avx_py_load")
+
+
 def _apply() -> None:
-    global _original
-    isa = _isa_class()
-    if _original is not None or isa is None:
-        return
-    _original = isa._avx_py_load
-    isa._avx_py_load = light_loader_script(_torch_lib())
-
-
-def _revert() -> None:
-    global _original
-    isa = _isa_class()
-    if _original is None or isa is None:
-        return
-    isa._avx_py_load = _original
-    _original = None
+    _patch.apply(lambda _torchs: light_loader_script(_torch_lib()))
 
 
 # Last (90): it changes how Inductor checks the CPU's ISAs, which no other fix touches.
@@ -114,8 +102,8 @@ FIX = Fix(
     targets_exist=lambda: _isa_class() is not None,
     probe=_probe,
     apply=_apply,
-    revert=_revert,
-    is_applied=lambda: _original is not None,
+    revert=_patch.revert,
+    is_applied=_patch.is_applied,
     order=90,
     repairs_load=True,  # a CPU hit picks the ISA too (and preload picks it on its thread)
 )

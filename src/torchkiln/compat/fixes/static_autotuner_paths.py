@@ -41,11 +41,11 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
+from torchkiln.compat.class_patch import ClassPatch
 from torchkiln.compat.fix import Fix
 
 __all__ = ["FIX", "rebased_path"]
 
-_original: Any = None  # the classmethod object torch defined, restored by revert
 _PROBE_KEY = "torchkiln-probe-static-autotuner-paths"
 
 
@@ -112,31 +112,22 @@ def _probe() -> bool:
     return kernel.filename == before
 
 
+_patch = ClassPatch(_bundler_class, "load_autotuners")  # reverts to the classmethod object torch defined
+
+
 def _apply() -> None:
-    global _original
-    bundler = _bundler_class()
-    if _original is not None or bundler is None:
-        return
-    original = vars(bundler)["load_autotuners"]
-    load = original.__func__
+    def replace(original: Any) -> Any:
+        load = original.__func__
 
-    @functools.wraps(load)
-    def load_autotuners(cls: Any, static_autotuners: Any) -> Any:
-        for result in static_autotuners or ():
-            _rebase(result.kernel)
-        return load(cls, static_autotuners)
+        @functools.wraps(load)
+        def load_autotuners(cls: Any, static_autotuners: Any) -> Any:
+            for result in static_autotuners or ():
+                _rebase(result.kernel)
+            return load(cls, static_autotuners)
 
-    bundler.load_autotuners = classmethod(load_autotuners)
-    _original = original
+        return classmethod(load_autotuners)
 
-
-def _revert() -> None:
-    global _original
-    bundler = _bundler_class()
-    if _original is None or bundler is None:
-        return
-    bundler.load_autotuners = _original
-    _original = None
+    _patch.apply(replace)
 
 
 # After the other load fix (50) and the save-side pickler (60): it changes where a loaded kernel reads and writes
@@ -156,8 +147,8 @@ FIX = Fix(
     targets_exist=lambda: _bundler_class() is not None,
     probe=_probe,
     apply=_apply,
-    revert=_revert,
-    is_applied=lambda: _original is not None,
+    revert=_patch.revert,
+    is_applied=_patch.is_applied,
     order=70,
     repairs_load=True,  # the re-tune happens in a process that only loads
     needs_triton=True,

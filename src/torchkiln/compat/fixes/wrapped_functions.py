@@ -38,12 +38,11 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
+from torchkiln.compat.class_patch import ClassPatch
 from torchkiln.compat.fix import Fix
 from torchkiln.compat.references import saveable_by_reference
 
 __all__ = ["FIX"]
-
-_original: Any = None
 
 
 def _pickler_class() -> Any:
@@ -111,32 +110,22 @@ def _probe() -> bool:
     return False
 
 
+_patch = ClassPatch(_pickler_class, "reducer_override")
+
+
 def _apply() -> None:
-    global _original
-    pickler_class = _pickler_class()
-    if _original is not None or pickler_class is None:
-        return
-    original = vars(pickler_class)["reducer_override"]
+    def replace(original: Any) -> Any:
+        @functools.wraps(original)
+        def reducer_override(self: Any, obj: Any) -> Any:
+            if _needs_value(obj):
+                reduced = _reduce_by_value(self, obj)
+                if reduced is not NotImplemented:
+                    return reduced
+            return original(self, obj)
 
-    @functools.wraps(original)
-    def reducer_override(self: Any, obj: Any) -> Any:
-        if _needs_value(obj):
-            reduced = _reduce_by_value(self, obj)
-            if reduced is not NotImplemented:
-                return reduced
-        return original(self, obj)
+        return reducer_override
 
-    pickler_class.reducer_override = reducer_override
-    _original = original
-
-
-def _revert() -> None:
-    global _original
-    pickler_class = _pickler_class()
-    if _original is None or pickler_class is None:
-        return
-    pickler_class.reducer_override = _original
-    _original = None
+    _patch.apply(replace)
 
 
 # After the runtime-environment fixes (10-30) and guard-state-singletons (40), which patch other functions: it
@@ -154,7 +143,7 @@ FIX = Fix(
     targets_exist=lambda: _pickler_class() is not None,
     probe=_probe,
     apply=_apply,
-    revert=_revert,
-    is_applied=lambda: _original is not None,
+    revert=_patch.revert,
+    is_applied=_patch.is_applied,
     order=60,
 )
