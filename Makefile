@@ -8,6 +8,10 @@ TORCH ?= 2.11.0
 COMPAT_VENV := .venv-torch$(TORCH)
 MATRIX ?= 2.10.0 2.11.0 2.12.1 2.13.0 2.14.1
 PYTEST_ARGS ?=
+# Test processes per lane (pytest-xdist; tests/conftest.py says how the suite is split). The tests are CPU-bound
+# compiles in child processes: more jobs than cores only adds contention. JOBS=0 runs in one process.
+JOBS ?= 2
+XDIST := $(if $(filter 0,$(JOBS)),-p no:xdist,-n $(JOBS) --dist loadscope)
 LINT_PATHS := $(wildcard src tests tools benchmarks fuzz examples)
 # pip's warnings about absent local index folders are noise on this machine, not errors.
 PIP_QUIET := --quiet --disable-pip-version-check
@@ -37,12 +41,12 @@ demo: $(VENV)/.installed
 
 # The default suite (torch 2.13): everything but the slow and GPU tests; ~15 minutes on 2 cores.
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(XDIST) -m "not slow and not gpu" $(PYTEST_ARGS)
 
 # The slow tests on torch 2.13: real transformers models (the zoo's CI subset), 16 racing processes, 200 loads,
 # __main__ scripts, tensor-parallel ranks under gloo. The rest of the zoo (marker `zoo`) is `make test-zoo`.
 test-slow: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -m "slow and not gpu and not zoo" \
+	$(VENV)/bin/python -m pytest $(XDIST) -m "slow and not gpu and not zoo" \
 		--deselect tests/test_preload.py::test_preload_stress_200 $(PYTEST_ARGS)
 
 # 200 fresh processes that preload while three threads import the same modules, then compile (not in CI: the default
@@ -53,7 +57,7 @@ test-preload-stress: $(VENV)/.installed
 # The compat lane: the fix-dependent and real-model tests on a torch where the builtins bug lives (tests/compat, and the
 # tests/peer cases that prove a fix or the nested-function rule).
 test-compat: $(COMPAT_VENV)/.installed
-	$(COMPAT_VENV)/bin/python -m pytest -m "(compat or models) and not gpu and not zoo" $(PYTEST_ARGS)
+	$(COMPAT_VENV)/bin/python -m pytest $(XDIST) -m "(compat or models) and not gpu and not zoo" $(PYTEST_ARGS)
 
 # Not in CI: every family of the model zoo (tests/zoo, docs/MODELS.md), compiled in one process, hit in another;
 # ~40 minutes on 2 cores. test-zoo-compat runs it on the compat torch (TORCH=2.11.0 by default).
