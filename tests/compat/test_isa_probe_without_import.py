@@ -10,7 +10,6 @@ cannot load it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from helpers.procs import run_script
 from torchkiln import compat
 from torchkiln.compat.fixes.isa_probe_without_import import light_loader_script
 
@@ -52,17 +52,8 @@ print(json.dumps({"isas": isas, "picked": str(picked), "seconds": time.perf_coun
 
 
 def _pick_isa(tmp_path: Path, fixed: bool) -> dict[str, Any]:
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, "1" if fixed else "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """A fresh process (sharing one Inductor cache under ``tmp_path``) picks the ISAs, with or without the fix."""
+    proc = run_script(["-c", _CHILD, "1" if fixed else "0"], tmp_path / "scratch", pythonpath=[REPO / "src"])
     record: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return record
 
