@@ -49,6 +49,7 @@ from torchkiln.compat.fix import Fix
 __all__ = ["FIX"]
 
 
+@functools.cache  # asked on every restored kernel's first resolve (the load path): look it up once
 def _heuristics() -> Any:
     if importlib.util.find_spec("triton") is None:
         return None
