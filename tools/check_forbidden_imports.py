@@ -59,6 +59,7 @@ ALLOW_LIST: dict[str, str] = {
 TORCH_PRIVATE_ALLOWED: dict[str, str] = {
     "src/torchkiln/compiler.py": "the one module that calls aot_compile, save and load and filters guards",
     "src/torchkiln/inductor_options.py": "a mode's Inductor options, checked against torch._inductor.config",
+    "src/torchkiln/closure_binding.py": "rebinds a loaded function's runtime_env.closure (torch's _artifacts)",
     "src/torchkiln/compat/": "forward fixes patch torch's internals by design, each behind a probe",
     "src/torchkiln/inductor_cache/": "the Inductor/Triton cache scopes and the install memo of torch_key",
     "src/torchkiln/bench/child.py": "benchmarks torch's own baselines (AOTInductor packages, enable_aot_compile)",

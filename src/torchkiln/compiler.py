@@ -23,14 +23,14 @@ import io
 import logging
 import pickle  # allowed here (tools/check_forbidden_imports.py): to recognise torch's pickling errors
 import time
-import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torchkiln import _entry, compat, guard_fates, inductor_cache
+from torchkiln.closure_binding import bind_to_callers_closure
 from torchkiln.compat import float_specialization
-from torchkiln.errors import CompileError, IncompatibleArtifactError
+from torchkiln.errors import CompileError
 from torchkiln.frames import call_args, loader_globals, portable_globals
 from torchkiln.hints import hint_for
 from torchkiln.loaded_function import LoadedFunction
@@ -301,25 +301,6 @@ def _serialize(compiled: Any) -> bytes:
         return path.read_bytes()
 
 
-def prepare_load(device_type: str | None) -> None:
-    """What a process needs before torch reads an artifact for ``device_type``; idempotent, and cheap once done.
-
-    The load path calls it before it settles the CPU ISA (loader.load), ``preload`` on its thread, and
-    :func:`load` itself (``check_loadable`` enters there).
-    """
-    gpu = device_type != "cpu"
-    if gpu:
-        # A GPU hit keys every Triton kernel it loads with torch_key() and triton_key(): from the install memo,
-        # neither torch nor Triton hashes its own sources. A CPU hit calls neither (benchmarks/results/
-        # cpu-profile-hit-*.txt, cpu211-profile-hit-*.txt): no memo check there.
-        inductor_cache.prime_torch_key()
-        inductor_cache.prime_triton_key()
-    # The fixes for bugs in how torch reads back what it saved (the compile path applied all of them already);
-    # after the memo, since the Triton-kernel fixes' probes read torch_key(), and before the ISA is picked, since
-    # isa-probe-without-import changes how Inductor checks it.
-    compat.apply_load_fixes(triton=gpu)
-
-
 def load(
     payload: bytes,
     *,
@@ -331,57 +312,21 @@ def load(
     """Deserialize verified bytes into a callable (the bytes must come from artifact.decode).
 
     ``rechecker`` holds the header's re-checks (loader.check_header parsed them): they run at each call of the
-    returned function.
+    returned function. The process is ready for torch's loader: the load path ran ``loader.prepare_load`` (the
+    install memo, the load's forward fixes); ``check_loadable`` runs where :func:`compile_target` applied them all.
     """
     import torch.compiler
 
-    prepare_load(device_type)
     f_globals = loader_globals(target, is_module)
     # Kernels load in this process (compile_threads); a restored bundle's settings are applied around this call by
     # the load path (loader.py, kernels.loading), while check_loadable loads with the compiling process's own.
     with inductor_cache.loading(bundle_settings=False):
         function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
     if not is_module:
-        _run_on_callers_closure(function, unwrap(target))
+        bind_to_callers_closure(function, unwrap(target))
     # The re-checks on module globals ran before anything was unpickled (loader.check_header); all of them run
     # again at each call of the returned function (LoadedFunction.guard_check).
     return LoadedFunction(function, loaded=True, rechecker=rechecker or guard_fates.Rechecker(()))
-
-
-def _run_on_callers_closure(function: Any, fn: Any) -> None:
-    """Make a loaded artifact read the caller's closure cells, not the copies torch pickled at compile.
-
-    torch's loaded function runs with, and checks its guards against, ``runtime_env.closure``: the cells as they
-    were in the compiling process (``AOTCompiledFunction.prepare_f_locals``, ``GraphRuntimeEnv.forward_callable``).
-    A nested function of the same code but another closure (``make(2)`` compiled, ``make(3)`` loaded) would pass
-    every guard and compute with the old values. On the caller's cells, Dynamo's guards on closure values are
-    checked against what the caller holds now, as in the process that compiled: a different value is a guard miss
-    (a new specialization), never a wrong result.
-    """
-    cells = fn.__closure__
-    artifacts: Any = getattr(function, "_artifacts", None)
-    env = getattr(artifacts, "runtime_env", None)
-    if env is None:
-        if not cells:
-            return  # nothing to rebind: a plain function runs on its globals, which the loader re-checks
-        # a torch whose loaded function keeps its environment elsewhere: the closure cannot be proven, so a miss
-        raise IncompatibleArtifactError(
-            f"cannot bind {fn.__qualname__}'s closure to this torch's loaded function",
-            where=fn.__qualname__,
-            fix="nothing to do: torchkiln compiles it again",
-        )
-    if not env.closure and not cells:
-        return
-    if cells is None or env.bytecode.co_freevars != fn.__code__.co_freevars:
-        raise IncompatibleArtifactError(
-            f"the artifact's closure {env.bytecode.co_freevars} is not {fn.__qualname__}'s {fn.__code__.co_freevars}",
-            where=fn.__qualname__,
-            fix="nothing to do: torchkiln compiles it again",
-        )
-    artifacts.runtime_env = dataclasses.replace(env, closure=cells)
-    old = function.fn
-    function.fn = types.FunctionType(old.__code__, old.__globals__, old.__name__, old.__defaults__, cells)
-    function.fn.__kwdefaults__ = old.__kwdefaults__
 
 
 def check_loadable(payload: bytes, *, is_module: bool, target: Any) -> str | None:

@@ -7,6 +7,10 @@ against the globals a load would give torch, without unpickling anything). An ar
 extension list, the sources or a re-check is another *variant* of its key (``StaleArtifactError``); one built for
 another key or another environment is ``IncompatibleArtifactError``. What remains after a fit is decided at the
 first call: torch's kept guards and the re-checks on the call's arguments.
+
+:func:`load` is the load path itself (bytes -> callable: verify, fit, restore the kernels, torch's load), and
+:func:`prepare_load` what a process needs before torch reads any artifact (the install memo, the load's forward
+fixes), which ``preload`` also runs ahead on its thread.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import artifact, compiler, frames, guard_fates, kernels, sources
+from torchkiln import artifact, compat, compiler, frames, guard_fates, inductor_cache, kernels, sources
 from torchkiln.errors import IncompatibleArtifactError, StaleArtifactError, TorchkilnError
 from torchkiln.fingerprint import Fingerprint
 from torchkiln.header import ArtifactHeader
 
-__all__ = ["Prefetched", "check_header", "load", "offer", "withdraw"]
+__all__ = ["Prefetched", "check_header", "load", "offer", "prepare_load", "withdraw"]
 
 log = logging.getLogger("torchkiln")
 
@@ -117,6 +121,25 @@ def check_header(
     return rechecker
 
 
+def prepare_load(device_type: str | None) -> None:
+    """What a process needs before torch reads an artifact for ``device_type``; idempotent, and cheap once done.
+
+    :func:`load` calls it before the kernels' scope settles the CPU ISA, ``preload`` on its thread (once for
+    every artifact it reads). A compile applies every fix itself (``compiler.compile_target``).
+    """
+    gpu = device_type != "cpu"
+    if gpu:
+        # A GPU hit keys every Triton kernel it loads with torch_key() and triton_key(): from the install memo,
+        # neither torch nor Triton hashes its own sources. A CPU hit calls neither (benchmarks/results/
+        # cpu-profile-hit-*.txt, cpu211-profile-hit-*.txt): no memo check there.
+        inductor_cache.prime_torch_key()
+        inductor_cache.prime_triton_key()
+    # The fixes for bugs in how torch reads back what it saved (the compile path applied all of them already);
+    # after the memo, since the Triton-kernel fixes' probes read torch_key(), and before the ISA is picked, since
+    # isa-probe-without-import changes how Inductor checks it.
+    compat.apply_load_fixes(triton=gpu)
+
+
 def load(
     data: bytes,
     *,
@@ -162,7 +185,7 @@ def load(
     timings["restore_kernels"] = timings.get("restore_kernels", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
     try:
-        compiler.prepare_load(header.device_type)  # before kernels.loading settles the CPU ISA
+        prepare_load(header.device_type)  # before kernels.loading settles the CPU ISA
         with kernels.loading(report):
             function = compiler.load(
                 decoded.sections["payload"],

@@ -172,7 +172,7 @@ class Preload:
 
         import torch
 
-        from torchkiln import compiler, inductor_cache
+        from torchkiln import inductor_cache, loader
 
         codecs.lookup("cp437")  # zipfile's default name encoding (the kernel bundle): its module, imported now
 
@@ -185,7 +185,7 @@ class Preload:
         self.timings["torch_imports"] = self.imports.seconds
         # The install memo and the load's forward fixes, before phase 2 picks the CPU ISA
         start = time.perf_counter()
-        compiler.prepare_load(device)
+        loader.prepare_load(device)
         self.timings["prepare_load"] = time.perf_counter() - start
 
     def _phase_artifacts(self, work: _Work) -> None:

@@ -4,7 +4,7 @@ Run as ``python tests/helpers/memo_child.py CONFIG_JSON`` with ``child.py``'s co
 loads, it wraps ``torch._inductor.codecache.build_code_hash`` (the walk ``torch_key()`` runs over torch's sources;
 ``get_code_hash`` looks it up by name in that module) with a counter. After ``child.py``'s work it asks torch for
 ``torch_key()`` itself, as a GPU hit's Triton kernel keys or a compile would (with ``TK_PRIME_AS_GPU_LOAD=1``
-priming the memo first, as ``compiler.load`` does for a GPU artifact), and prints, after child.py's
+priming the memo first, as ``loader.prepare_load`` does for a GPU artifact), and prints, after child.py's
 ``TKRESULT`` line, ``TKMEMO <json>``: the calls counted before and after that request, the value torch returned
 and torchkiln's install-memo report for this process. ``triton_key_runs``: how often Triton's ``triton_key()``
 actually hashed during child.py's work (an audit hook sees it open ``libtriton``, whatever name it was called
@@ -46,12 +46,12 @@ def main(argv: list[str]) -> int:
     status = child.main(argv)
     before, triton_before = calls[0], triton_runs[0]
     if os.environ.get("TK_PRIME_AS_GPU_LOAD") == "1":
-        # What compiler.load does before torch's load of a GPU artifact (a CPU hit skips it: it never hashes).
+        # What loader.prepare_load does before torch's load of a GPU artifact (a CPU hit skips it: it never hashes).
         inductor_cache.prime_torch_key()
     value = codecache.torch_key()
     triton_value = None
     if os.environ.get("TK_PRIME_TRITON") == "1":
-        # As compiler.load does for a GPU artifact, then ask Triton for its key, as a GPU kernel's load would.
+        # As loader.prepare_load does for a GPU artifact, then ask Triton for its key, as a GPU kernel's load would.
         inductor_cache.prime_triton_key()
         from torch._inductor.runtime import triton_compat
 

@@ -4,8 +4,8 @@
 in a fresh process on the 2-core CPU box, ~0.26 s on a GPU host per issue 12) once per process, when Inductor
 first keys anything: every compile (FX graph cache key) and, on a GPU hit, the loaded graph's Triton kernels
 (``CompiledTritonKernels.key``). A CPU hit (torch 2.11, 2.13) does not call it. The value changes only with those
-files, so :func:`prime_torch_key` (called by ``compiler.load`` and ``compiler.compile_target`` before torch's load
-or compile) hands torch the memoized value through the hook torch gives the function, ``torch_key.set(value)``.
+files, so :func:`prime_torch_key` (called by ``loader.prepare_load`` and ``compiler.compile_target`` before torch's
+load or compile) hands torch the memoized value through the hook torch gives the function, ``torch_key.set(value)``.
 Without a valid memo torch hashes (once per install: the first miss or hit) and the result is memoized.
 
 Where: ``<user cache dir>/torchkiln/v1/memo/torch-key-<24 hex of the torch dir>.json`` (platformdirs; one file per
