@@ -19,7 +19,8 @@
 # SKIP_INSTALL (0), BUDGET_S (540: the whole script, leaving headroom under a 600 s call limit), PHASE_TIMEOUT_S
 # (300), PYTHON (python), PROFILE_MODEL (unset: no profile), PROFILE_BEFORE_SRC (a src dir to profile as "before"),
 # PROFILE_TIMEOUT_S (120 each), PYCACHE_DIR (where the bytecode goes; default under the run's temp dir),
-# SKIP_DOCTOR (0), GPU_TESTS (1: run `pytest -m gpu tests/gpu`), GPU_TESTS_TIMEOUT_S (240), VLM (1: run
+# SKIP_DOCTOR (0), GPU_TESTS (1: run `pytest -m gpu tests/gpu`), GPU_TESTS_PATHS (tests/gpu: which test files),
+# GPU_TESTS_TIMEOUT_S (240), VLM (1: run
 # examples/vlm_serve.py twice), VLM_TIMEOUT_S (180 each).
 # Nothing fails hard: every step is time-limited and logged, and the script exits 0 if at least one bench JSON
 # was written.
@@ -102,7 +103,8 @@ from transformers import GPT2LMHeadModel, ViTModel" > /dev/null 2>&1 || true
 # than the numbers, and they are quick.
 if [ "${GPU_TESTS:-1}" = 1 ] && "$PYTHON" -c "import pytest" 2>/dev/null && [ "$(remaining)" -gt 60 ]; then
   # Exit code 5 means "no tests were collected": not a failure here.
-  step pytest_gpu "${GPU_TESTS_TIMEOUT_S:-240}" "$PYTHON" -m pytest tests/gpu -m gpu -q -s -p no:cacheprovider \
+  # shellcheck disable=SC2086 # GPU_TESTS_PATHS is a list of paths
+  step pytest_gpu "${GPU_TESTS_TIMEOUT_S:-240}" "$PYTHON" -m pytest ${GPU_TESTS_PATHS:-tests/gpu} -m gpu -q -s -p no:cacheprovider \
     -p no:warnings -o addopts="" --durations=0 > "$OUT/pytest-gpu.txt" 2>&1
   echo "pytest -m gpu exit code $? (5 = no gpu tests)"
 fi

@@ -75,6 +75,7 @@ def test_server_preload_reads_weights_from_safetensors_and_hits_with_preload(tmp
     assert first["hit"] is False and first["preload"]["prefetched"] == []  # nothing stored yet: imports only
     assert second["hit"] is True and second["key"] == first["key"]
     assert second["preload"]["prefetched"] == [first["key"]]  # read, verified and restored while weights loaded
+    assert second["preload"]["deserialized"] == first["key"]  # and loaded by torch, ahead of compile
     assert second["timings"]["compile"] == 0.0
 
 

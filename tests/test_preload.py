@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from helpers.procs import HELPERS, run_child, run_script
-from torchkiln import loader
+from torchkiln import import_lock, loader
 from torchkiln import preloader as preload_module
 
 MLP = {"target": "helpers.models:tiny_mlp", "inputs": "helpers.models:mlp_inputs"}
@@ -72,6 +72,30 @@ def test_preload_by_name_prepares_the_artifact_and_compile_hits(built: dict[str,
     assert result["timings"]["torch_imports"] > 0
     assert result["timings"]["decode"] > 0 and result["timings"]["restore_kernels"] > 0
     assert result["preload_call_s"] < 5  # returns once the thread holds the lock, not after the imports
+    # torch's deserialization ran on the preload thread (under the import lock: _assert_clean_hit), and compile used
+    # that function: its own load step did no deserialization
+    assert result["deserialized"] == built["key"] and result["timings"]["deserialize"] > 0
+    assert result["compile_timings"]["load"] < result["timings"]["deserialize"] + 0.05
+
+
+def test_preload_leaves_deserialization_to_compile_when_told(built: dict[str, Any], tmp_path: Path) -> None:
+    spec = {"name": NAME, "deserialize": False}
+    result = _preload_child({**MLP, "cache": str(built["cache"]), "name": NAME, "preload": spec}, tmp_path)
+    _assert_clean_hit(result, prefetched=[built["key"]])
+    assert result["deserialized"] is None and "deserialize" not in result["timings"]
+
+
+def test_preload_does_not_load_a_function_artifact_ahead(tmp_path: Path) -> None:
+    """A function artifact loads against a copy of its module's globals, which could go stale before compile:
+    it is prepared (read, verified, kernels restored) but deserialized by compile, and still hits."""
+    function = {"target": "helpers.models:scaled_tanh", "function": True, "inputs": "helpers.models:tanh_inputs"}
+    cache = tmp_path / "cache"
+    record = run_child({**function, "cache": str(cache), "name": "preload-fn"}, tmp_path / "miss")["compiles"][0]
+    assert record["error"] is None and record["hit"] is False
+    spec = {"name": "preload-fn"}
+    result = _preload_child({**function, "cache": str(cache), "name": "preload-fn", "preload": spec}, tmp_path / "p")
+    _assert_clean_hit(result, prefetched=[record["key"]])
+    assert result["deserialized"] is None
 
 
 @pytest.mark.parametrize("how", ["key", "target"])
@@ -169,7 +193,7 @@ def test_preload_twice_returns_the_running_one(no_preload: None, tmp_path: Path)
 def test_without_an_import_lock_the_imports_stay_on_the_callers_thread(
     no_preload: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(preload_module, "_import_lock", lambda: None)
+    monkeypatch.setattr(import_lock, "import_lock", lambda: None)
     job = preload_module.preload(cache=str(tmp_path / "c"), device="cpu")
     assert job.join(60)
     assert job.background_imports is False
@@ -178,7 +202,7 @@ def test_without_an_import_lock_the_imports_stay_on_the_callers_thread(
 
 
 def test_the_import_lock_is_cpythons() -> None:
-    lock = preload_module._import_lock()
+    lock = import_lock.import_lock()
     assert lock is not None
     acquire, release = lock
     acquire()
@@ -219,7 +243,7 @@ def test_preload_waits_until_no_other_thread_is_inside_an_import(
     other = threading.Thread(target=importlib.import_module, args=("tk_slow_import_a",))
     other.start()
     time.sleep(0.2)  # the other thread is inside the module body now
-    assert preload_module._importing_threads({threading.get_ident()}) == {other.ident}
+    assert import_lock.importing_threads({threading.get_ident()}) == {other.ident}
     start = time.monotonic()
     job = preload_module.preload(cache=str(tmp_path / "c"), device="cpu")
     waited = time.monotonic() - start
@@ -240,9 +264,47 @@ def test_preload_leaves_the_work_to_compile_when_other_threads_keep_importing(
     other = threading.Thread(target=importlib.import_module, args=("tk_slow_import_b",))
     other.start()
     time.sleep(0.2)
-    lock = preload_module._import_lock()
+    lock = import_lock.import_lock()
     assert lock is not None
-    assert preload_module._hold_when_no_import_runs(lock, threading.get_ident(), limit=0.1) is False
+    assert import_lock.hold_when_no_import_runs(lock, set(), limit=0.1) is False
     other.join()  # it could finish its import: the lock was not kept
-    assert preload_module._hold_when_no_import_runs(lock, threading.get_ident(), limit=0.1) is True
+    assert import_lock.hold_when_no_import_runs(lock, set(), limit=0.1) is True
     lock[1]()
+
+
+def test_waiting_for_cuda_stops_when_compile_arrives() -> None:
+    """A CUDA artifact is loaded ahead only once the program initialized CUDA (never here: no GPU, or nobody used
+    it): the thread waits, holding nothing, and gives up as soon as compile joins it."""
+    import time
+
+    from torchkiln import load_ahead
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_initialized():
+        pytest.skip("CUDA is initialized in this process")
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    start = time.monotonic()
+    assert load_ahead.wait_for_device("cuda", stop) is False
+    assert 0.15 < time.monotonic() - start < 5
+    assert load_ahead.wait_for_device("cuda", threading.Event(), limit=0.05) is False
+    assert load_ahead.wait_for_device("xpu", threading.Event()) is False  # not handled: compile loads it
+    assert load_ahead.wait_for_device("cpu", threading.Event()) is True
+
+
+def test_waiting_for_cuda_never_keeps_a_finished_program_alive(tmp_path: Path) -> None:
+    """The preload thread is not a daemon (it may hold the import lock); its wait for CUDA ends with the program."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import threading\n"
+        "from torchkiln import load_ahead\n"
+        "t = threading.Thread(target=load_ahead.wait_for_device, args=('cuda', threading.Event()))\n"
+        "t.start()\n"
+    )
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - start < 60  # the wait's own limit is 600 s

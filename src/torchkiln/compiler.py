@@ -307,7 +307,6 @@ def load(
     is_module: bool,
     target: Any,
     rechecker: guard_fates.Rechecker | None = None,
-    device_type: str | None = None,
 ) -> LoadedFunction:
     """Deserialize verified bytes into a callable (the bytes must come from artifact.decode).
 
@@ -315,6 +314,12 @@ def load(
     returned function. The process is ready for torch's loader: the load path ran ``loader.prepare_load`` (the
     install memo, the load's forward fixes); ``check_loadable`` runs where :func:`compile_target` applied them all.
     """
+    return loaded(deserialize(payload, is_module=is_module, target=target), rechecker)
+
+
+def deserialize(payload: bytes, *, is_module: bool, target: Any) -> Any:
+    """Torch's own load of verified bytes: the function ``load_compiled_function`` returns, bound to a function
+    target's closure (``target`` is not used for a module: its ``f_globals`` are torchkiln's entry module's)."""
     import torch.compiler
 
     f_globals = loader_globals(target, is_module)
@@ -324,8 +329,12 @@ def load(
         function = torch.compiler.load_compiled_function(io.BytesIO(payload), f_globals=f_globals)
     if not is_module:
         bind_to_callers_closure(function, unwrap(target))
-    # The re-checks on module globals ran before anything was unpickled (loader.check_header); all of them run
-    # again at each call of the returned function (LoadedFunction.guard_check).
+    return function
+
+
+def loaded(function: Any, rechecker: guard_fates.Rechecker | None) -> LoadedFunction:
+    """A deserialized function as torchkiln calls it. The re-checks on module globals ran before anything was
+    unpickled (loader.check_header); all of them run again at each call (LoadedFunction.guard_check)."""
     return LoadedFunction(function, loaded=True, rechecker=rechecker or guard_fates.Rechecker(()))
 
 

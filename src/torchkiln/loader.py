@@ -36,13 +36,15 @@ log = logging.getLogger("torchkiln")
 class Prefetched:
     """What ``torchkiln.preload`` did ahead of a load for one stored artifact: read (``data``), verified and decoded
     it (``decoded``, ``header``; with ``signing_key``), restored its kernels (``restored``, None when it had none or
-    they could not be written)."""
+    they could not be written), and for the one it could load ahead (load_ahead.py) torch's deserialized
+    ``function`` (else None)."""
 
     data: bytes
     decoded: artifact.Artifact
     header: ArtifactHeader
     signing_key: bytes | None
     restored: kernels.RestoreReport | None
+    function: Any = None
 
 
 #: store key -> what preload prepared for it; each entry is used (popped) by the first load of those exact bytes.
@@ -185,15 +187,15 @@ def load(
     timings["restore_kernels"] = timings.get("restore_kernels", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
     try:
-        prepare_load(header.device_type)  # before kernels.loading settles the CPU ISA
-        with kernels.loading(report):
-            function = compiler.load(
-                decoded.sections["payload"],
-                is_module=is_module,
-                target=target,
-                rechecker=rechecker,
-                device_type=header.device_type,
-            )
+        if prefetched is not None and prefetched.function is not None and is_module:
+            # torch's deserialization ran on the preload thread (load_ahead.py), from these very bytes
+            function = compiler.loaded(prefetched.function, rechecker)
+        else:
+            prepare_load(header.device_type)  # before kernels.loading settles the CPU ISA
+            with kernels.loading(report):
+                function = compiler.load(
+                    decoded.sections["payload"], is_module=is_module, target=target, rechecker=rechecker
+                )
     except StaleArtifactError as exc:
         exc.where = store_key
         raise

@@ -11,37 +11,36 @@ needs no model at all. ``preload()``, called at the top of the program, does tha
 
 The thread, in order:
 
-1. **Imports, under the interpreter's import lock.** ``preload()`` returns only once the thread holds
-   ``_imp.acquire_lock()`` (CPython's lock for import hooks, re-entrant for its holder), and the thread keeps it
-   while it imports torchkiln's load path, the store backend and the modules a hit imports (in the designed order
-   of ``inductor_cache.warm_imports``). Meanwhile another thread that imports a module not yet in ``sys.modules``
-   waits for the lock before it takes that module's own lock, so no module is ever imported by two threads at once
-   (the naive version, imports sprinkled on a thread, fails with ``_DeadlockError: deadlock detected by
+1. **Imports, under CPython's import lock** (import_lock.py: while the thread holds it, a thread that imports a
+   module not yet in ``sys.modules`` waits, so no module is ever imported by two threads at once; the naive
+   version, imports sprinkled on a thread, fails with ``_DeadlockError: deadlock detected by
    _ModuleLock('torch._dynamo')`` or ``cannot import name 'IndentedBuffer' from partially initialized module
-   'torch._inductor.utils'``). Modules already imported stay usable on every thread; weights I/O and tensor work
-   run in parallel. Deadlock-free because the thread never waits for another thread while it holds the lock: it
-   takes the lock only at a moment no other thread is inside an import (it reads the owners of importlib's module
-   locks with the lock held and retries while there are any, the caller of ``preload`` aside, for at most 30 s;
-   then it leaves all the work to ``compile``), ``preload()`` returns only after the thread holds the lock, and
-   nothing it imports waits for CUDA's initialization lock (checked with a mocked CUDA on torch 2.11). The
-   install memo (``torch_key``, and ``triton_key`` for a GPU) is applied in this phase too.
+   'torch._inductor.utils'``). ``preload()`` returns once the thread holds it, taken at a moment no other thread
+   but the caller is inside an import (for at most 30 s; then all the work stays with ``compile``); the thread
+   imports torchkiln's load path, the store backend and the modules a hit imports (in the designed order of
+   ``inductor_cache.warm_imports``) and applies the install memo and the load's fixes. Modules already imported
+   stay usable on every thread; weights I/O and tensor work run in parallel. Deadlock-free because the thread never
+   waits for another thread while it holds the lock (nothing it imports waits for CUDA's initialization lock:
+   checked with a mocked CUDA on torch 2.11).
 2. **The artifact, without the lock**, when preload can know which one: the exact ``key`` (a ``CompiledModule.key``
    kept from an earlier run), a ``name`` (the ``name=`` the program passes to ``compile``: every stored key of that
    name, at most :data:`MAX_CANDIDATES`), or the ``target`` and ``example_inputs`` themselves. Each is read from the
    store, verified (lengths, sha256, HMAC with ``TORCHKILN_SIGNING_KEY``) and decoded, and its kernels are restored
-   into the Inductor cache; ``loader.load`` then skips those steps for those exact bytes. Torch's own
-   deserialization stays on the caller's thread, inside ``compile``: it imports what the particular artifact names
-   (the generated code, the model's classes), which only the caller's thread may do safely.
+   into the Inductor cache; ``loader.load`` then skips those steps for those exact bytes.
+3. **Torch's deserialization of the first fitting module artifact, under the import lock again**
+   (load_ahead.py, which says when it is left to ``compile``: function artifacts, a CUDA artifact before the
+   program initialized CUDA, ...): unpickling, the guard manager, the generated code and its kernels. The lock is
+   taken, as in phase 1, at a moment no other thread is inside an import, this time the caller's included (it runs
+   freely by now). ``loader.load`` then only checks the header against the call and wraps the function.
 
 ``torchkiln.compile`` joins the thread before it touches torch internals: it waits for phase 1 whatever happens
-(it would wait for the import lock anyway) and for phase 2 at most ``join_timeout`` seconds; past that it warns
-(``TorchkilnWarning``), forgets whatever phase 2 still brings and loads on its own, as without preload. A failure in
+(it would wait for the import lock anyway) and for phases 2 and 3 at most ``join_timeout`` seconds; past that it
+warns (``TorchkilnWarning``), forgets whatever they still bring and loads on its own, as without preload. A failure in
 the thread is never raised: it is recorded (``Preload.error``, logged at INFO) and the compile does the work
 itself, which reports the real error where it happens.
 
-Probe: phase 1 runs on the thread only where ``_imp.acquire_lock``/``release_lock`` exist (CPython 3.11-3.14,
-whose ``importlib._bootstrap._get_module_lock`` takes that lock); elsewhere ``preload()`` only starts phase 2 and
-the imports happen in ``compile``, on the caller's thread (the plain path).
+Probe: phases 1 and 3 run on the thread only where CPython's import lock can be held (import_lock.py); elsewhere
+``preload()`` only starts phase 2 and the imports happen in ``compile``, on the caller's thread (the plain path).
 """
 
 from __future__ import annotations
@@ -55,7 +54,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from torchkiln.errors import TorchkilnError, warn
+from torchkiln import import_lock
+from torchkiln.errors import warn
 
 __all__ = ["DEFAULT_JOIN_TIMEOUT", "MAX_CANDIDATES", "Preload", "current", "join_before_compile", "preload"]
 
@@ -67,7 +67,7 @@ DEFAULT_JOIN_TIMEOUT = 60.0
 MAX_CANDIDATES = 4
 #: Phase 1 waits are bounded too: imports that take longer than this are reported as a hang, never waited forever.
 _IMPORT_PHASE_LIMIT = 600.0
-#: How long the thread waits for a moment when no other thread is inside an import before it gives up on phase 1.
+#: How long the thread waits for a moment when no other thread imports before it gives up on phase 1 (or 3).
 _START_LIMIT = 30.0
 
 
@@ -76,36 +76,43 @@ class Preload:
 
     ``state``: ``running``, ``done``, ``failed`` (``error`` says why; compile does the work itself) or
     ``abandoned`` (compile stopped waiting after ``join_timeout``). ``prefetched``: the store keys prepared for
-    ``loader.load``. ``imports``: what phase 1 imported (``inductor_cache.WarmReport``), or None.
-    ``background_imports``: False where the interpreter has no import lock to hold (phase 1 then runs in compile).
+    ``loader.load``; ``deserialized``: the one of them torch deserialized ahead (phase 3), or None.
+    ``imports``: what phase 1 imported (``inductor_cache.WarmReport``), or None. ``background_imports``: False where
+    the interpreter has no import lock to hold (phases 1 and 3 then run in compile).
     """
 
-    def __init__(self, *, join_timeout: float, background_imports: bool) -> None:
+    def __init__(self, *, join_timeout: float, background_imports: bool, deserialize: bool = True) -> None:
         self.state = "running"
         self.device: str | None = None
         self.error: str | None = None
         self.timings: dict[str, float] = {}
         self.prefetched: list[str] = []
+        self.deserialized: str | None = None
+        self.deserialize = deserialize
+        self.grad_enabled = True  # the caller's grad mode (thread-local), for phase 3
         self.imports: Any = None
         self.join_timeout = join_timeout
         self.background_imports = background_imports
         self._thread: threading.Thread | None = None
         self._imports_done = threading.Event()
+        self._joined = threading.Event()  # someone waits for the thread: phase 3 stops waiting for a device
+        self._holds_import_lock = False
         self._abandoned = False
         self._offer_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Preload(state={self.state!r}, device={self.device!r}, prefetched={self.prefetched!r})"
+        return f"Preload(state={self.state!r}, device={self.device!r}, deserialized={self.deserialized!r})"
 
     @property
-    def imports_finished(self) -> bool:
-        """Phase 1 is over (the import lock is released, or was never held)."""
-        return self._imports_done.is_set()
+    def holds_import_lock(self) -> bool:
+        """The thread holds the import lock now (phase 1, or phase 3's deserialization)."""
+        return self._holds_import_lock
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread (phase 1 always, then at most ``timeout`` s more); True when it has finished."""
         if self._thread is None or self._thread is threading.current_thread():
             return True
+        self._joined.set()
         if not self._imports_done.wait(_IMPORT_PHASE_LIMIT):
             log.warning("torchkiln.preload: the imports did not finish in %.0f s", _IMPORT_PHASE_LIMIT)
         self._thread.join(timeout)
@@ -122,7 +129,7 @@ class Preload:
             loader.withdraw()
 
     # -- the thread ---------------------------------------------------------------------------------------------
-    def start(self, lock: tuple[Any, Any] | None, work: _Work) -> None:
+    def start(self, lock: import_lock.ImportLock | None, work: _Work) -> None:
         started = threading.Event()
         self._thread = threading.Thread(
             target=self._run,
@@ -133,27 +140,34 @@ class Preload:
         self._thread.start()
         started.wait()  # the thread holds the import lock: from here on no other thread starts an import
 
-    def _run(self, lock: tuple[Any, Any] | None, started: threading.Event, work: _Work, caller: int) -> None:
+    def _run(self, lock: import_lock.ImportLock | None, started: threading.Event, work: _Work, caller: int) -> None:
         t0 = time.perf_counter()
         try:
-            if lock is not None and not _hold_when_no_import_runs(lock, caller):
+            # The caller of ``preload`` is excluded: it waits for this thread and imports nothing meanwhile (a
+            # module it is importing itself is never one preload imports).
+            if lock is not None and not import_lock.hold_when_no_import_runs(lock, {caller}, _START_LIMIT):
                 log.info("torchkiln.preload: other threads kept importing; the work stays with compile")
                 self.background_imports = False
                 lock = None
                 work.keys = work.name = None  # phase 2 would import on this thread, without the lock
             self.timings["lock_wait"] = time.perf_counter() - t0
             if lock is not None:
+                self._holds_import_lock = True
                 try:
                     started.set()
                     self._phase_imports(work)
                 finally:
-                    self._imports_done.set()  # before the release: a thread the lock let through sees it set
+                    # before the release: a thread the lock let through sees both
+                    self._holds_import_lock = False
+                    self._imports_done.set()
                     lock[1]()
             started.set()
             self._imports_done.set()
             self.timings["imports_phase"] = time.perf_counter() - t0
             if work.keys is not None or work.name is not None:
-                self._phase_artifacts(work)
+                prepared = self._phase_artifacts(work)
+                if lock is not None and self.deserialize and prepared:
+                    self._phase_deserialize(lock, prepared)
             if self.state == "running":
                 self.state = "done"
         except Exception as exc:  # noqa: BLE001 - never raised: compile does the work itself and reports it there
@@ -172,7 +186,7 @@ class Preload:
 
         import torch
 
-        from torchkiln import inductor_cache, loader
+        from torchkiln import inductor_cache, load_ahead, loader  # noqa: F401 - load_ahead: phases 2 and 3
 
         codecs.lookup("cp437")  # zipfile's default name encoding (the kernel bundle): its module, imported now
 
@@ -188,44 +202,76 @@ class Preload:
         loader.prepare_load(device)
         self.timings["prepare_load"] = time.perf_counter() - start
 
-    def _phase_artifacts(self, work: _Work) -> None:
-        """Phase 2 (no lock): read, verify and decode the candidates, restore their kernels, offer them to loader."""
-        from torchkiln import artifact, inductor_cache, kernels, loader
-        from torchkiln.header import ArtifactHeader
+    def _phase_artifacts(self, work: _Work) -> list[tuple[str, Any]]:
+        """Phase 2 (no lock): read, verify and decode the candidates, restore their kernels, offer them to loader;
+        returns what it offered (store key, ``loader.Prefetched``), most recently used first."""
+        from torchkiln import load_ahead, loader
 
+        offered: list[tuple[str, Any]] = []
         start = time.perf_counter()
         if work.store is None:
             work.store = _open(work.config, work.cache)
         for store_key in _candidates(work.store, work.keys, work.name):
             if self._abandoned:
-                return
+                return offered
             data = _timed(self.timings, "store_get", work.store.get, store_key)
             if data is None:
                 continue
-            t = time.perf_counter()
-            try:
-                decoded = artifact.decode(data, signing_key=work.config.signing_key, where=store_key)
-                header = ArtifactHeader.from_dict(decoded.header, where=store_key)
-            except TorchkilnError as exc:  # corrupt, untrusted: the load says so (and misses) on its own
-                log.info("torchkiln.preload: %s is not usable: %s", store_key, exc)
+            prefetched = load_ahead.prepare(
+                data,
+                store_key,
+                signing_key=work.config.signing_key,
+                settle_isa=self.background_imports,
+                abandoned=lambda: self._abandoned,
+                timings=self.timings,
+            )
+            if prefetched is None:
                 continue
-            finally:
-                self.timings["decode"] = self.timings.get("decode", 0.0) + time.perf_counter() - t
-            restored = None
-            if "kernels" in decoded.sections and not self._abandoned:
-                try:
-                    restored = _timed(self.timings, "restore_kernels", kernels.restore, decoded.sections["kernels"])
-                except OSError as exc:
-                    log.info("torchkiln.preload: could not restore the kernels of %s: %s", store_key, exc)
-            if restored is not None and header.device_type == "cpu" and self.background_imports and not self._abandoned:
-                # Inductor's CPU ISA, picked now as the load would (its probes spawn one process each)
-                _timed(self.timings, "settle_isa", inductor_cache.settle_isa, restored)
             with self._offer_lock:
                 if self._abandoned:
-                    return
-                loader.offer(store_key, loader.Prefetched(data, decoded, header, work.config.signing_key, restored))
+                    return offered
+                loader.offer(store_key, prefetched)
                 self.prefetched.append(store_key)
+                offered.append((store_key, prefetched))
         self.timings["artifacts_phase"] = time.perf_counter() - start
+        return offered
+
+    def _phase_deserialize(self, lock: import_lock.ImportLock, prepared: list[tuple[str, Any]]) -> None:
+        """Phase 3: torch's deserialization of the first fitting module candidate, under the import lock."""
+        from torchkiln import load_ahead, loader
+
+        start = time.perf_counter()
+        candidates = load_ahead.loadable_ahead(prepared)
+        if not candidates or self._abandoned:
+            return
+        if not load_ahead.wait_for_device(candidates[0][1].header.device_type, self._joined):
+            log.info("torchkiln.preload: the load is left to compile (the device is not ready)")
+            return
+        self.timings["device_wait"] = time.perf_counter() - start
+        # The caller runs freely by now: it is not excluded (it could be inside an import the load needs).
+        if not import_lock.hold_when_no_import_runs(lock, set(), _START_LIMIT):
+            log.info("torchkiln.preload: other threads kept importing; the load is left to compile")
+            return
+        self._holds_import_lock = True
+        try:
+            chosen = load_ahead.first_fitting(candidates)
+            if chosen is None:
+                return
+            store_key, loaded = (
+                chosen[0],
+                load_ahead.deserialize(chosen[1], grad_enabled=self.grad_enabled, timings=self.timings),
+            )
+        except Exception as exc:  # noqa: BLE001 - compile loads it again and reports the real error there
+            log.info("torchkiln.preload: could not load ahead (compile will): %s: %s", type(exc).__name__, exc)
+            return
+        finally:
+            self._holds_import_lock = False
+            lock[1]()
+        with self._offer_lock:
+            if self._abandoned:
+                return
+            loader.offer(store_key, loaded)
+            self.deserialized = store_key
 
 
 @dataclasses.dataclass
@@ -236,44 +282,6 @@ class _Work:
     keys: list[str] | None
     name: str | None
     device: str | None
-
-
-def _importing_threads(exclude: set[int]) -> set[int]:
-    """Threads (other than ``exclude``) inside an import right now: the owners of importlib's module locks.
-
-    Read with the import lock held, so no module lock is created meanwhile. importlib's own bookkeeping
-    (``_bootstrap._module_locks``: name -> weakref to a ``_ModuleLock`` whose ``owner`` is the importing thread's
-    id, None when free; CPython 3.11-3.14); where it looks otherwise, nothing is reported (the documented rule,
-    call preload between statements, is what remains)."""
-    from importlib import _bootstrap
-
-    locks = getattr(_bootstrap, "_module_locks", None)
-    if not isinstance(locks, dict):
-        return set()
-    owners = set()
-    for ref in list(locks.values()):
-        lock = ref() if callable(ref) else None
-        owner = getattr(lock, "owner", None)
-        if isinstance(owner, int) and owner not in exclude:
-            owners.add(owner)
-    return owners
-
-
-def _hold_when_no_import_runs(lock: tuple[Any, Any], caller: int, limit: float = _START_LIMIT) -> bool:
-    """Take the import lock at a moment no other thread is inside an import (one could hold a module lock the
-    preload thread will need, and wait for the import lock: a deadlock). The caller of ``preload`` is excluded:
-    it waits for this thread and imports nothing meanwhile (a module it is importing itself is never one preload
-    imports). False when other threads kept importing for ``limit`` seconds (then the lock is not held)."""
-    me = threading.get_ident()
-    deadline = time.monotonic() + limit
-    while True:
-        lock[0]()
-        if not _importing_threads({me, caller}):
-            return True
-        lock[1]()
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
 
 
 def _timed(timings: dict[str, float], step: str, fn: Any, *args: Any) -> Any:
@@ -293,18 +301,6 @@ def current() -> Preload | None:
     return _current
 
 
-def _import_lock() -> tuple[Any, Any] | None:
-    """CPython's import lock (acquire, release), where this interpreter has it; else None (the plain path)."""
-    import _imp
-
-    acquire, release = getattr(_imp, "acquire_lock", None), getattr(_imp, "release_lock", None)
-    if sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info[:2] <= (3, 14):
-        return None
-    if not (callable(acquire) and callable(release)):
-        return None
-    return acquire, release
-
-
 def preload(
     target: Any = None,
     example_inputs: Any = None,
@@ -318,6 +314,7 @@ def preload(
     backend: str = "inductor",
     options: Mapping[str, Any] | None = None,
     join_timeout: float = DEFAULT_JOIN_TIMEOUT,
+    deserialize: bool = True,
 ) -> Preload:
     """Start the background preload of a hit (see the module docstring); returns once it is safe to go on.
 
@@ -328,7 +325,8 @@ def preload(
     computed now, in the torch state of this moment (grad mode, default dtype, threads are part of it): call
     ``preload`` under the same ``torch.no_grad()`` etc. as the ``compile`` it prepares. ``device`` (``"cpu"``,
     ``"cuda"``, ...) picks the imports (Triton for a GPU); default: the target's or inputs' device, else ``"cuda"``
-    when ``torch.cuda.is_available()``. A second call while one runs returns the running one.
+    when ``torch.cuda.is_available()``. ``deserialize=False`` leaves torch's deserialization (phase 3) to
+    ``compile``. A second call while one runs returns the running one.
     """
     global _current
     from torchkiln import request, settings
@@ -336,9 +334,12 @@ def preload(
     with _current_lock:
         if _current is not None and _current.state == "running":
             return _current
-        lock = _import_lock()
-        job = Preload(join_timeout=join_timeout, background_imports=lock is not None)
+        lock = import_lock.import_lock()
+        job = Preload(join_timeout=join_timeout, background_imports=lock is not None, deserialize=deserialize)
         _current = job
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        job.grad_enabled = bool(torch.is_grad_enabled())  # thread-local: phase 3 runs in the caller's grad mode
     keys: list[str] | None = None
     if key is not None:
         keys = [key]

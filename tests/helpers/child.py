@@ -6,7 +6,7 @@ Run as ``python tests/helpers/child.py CONFIG_JSON``. The config names importabl
   ``"function": true`` the function itself;
 - ``inputs``: a function returning the positional example inputs, or ``{"args": (...), "kwargs": {...}}``;
   ``inputs_kwargs`` are passed to it;
-- ``cache``, ``strict``, ``dynamic``, ``name``: as for ``torchkiln.compile``; ``signing_key``: the
+- ``cache``, ``strict``, ``dynamic``, ``name``, ``mode``: as for ``torchkiln.compile``; ``signing_key``: the
   ``TORCHKILN_SIGNING_KEY`` to set (unset when absent);
 - ``calls``: a list of ``inputs_kwargs``, each a further call of the compiled module (compared with eager);
 - ``compiles``: a list of overrides of all the above, one ``torchkiln.compile`` each, in order (default: one
@@ -122,6 +122,7 @@ def _compile_once(target: Any, config: dict[str, Any], reference: Any) -> tuple[
                 name=config.get("name"),
                 dynamic=config.get("dynamic", False),
                 strict=bool(config.get("strict", False)),
+                mode=config.get("mode"),
             )
             output = module(*args, **kwargs)
         except Exception as exc:

@@ -30,6 +30,15 @@ def mlp_inputs(batch: int = 4, dtype: str = "float32") -> tuple[torch.Tensor]:
     return (torch.randn(batch, 16, generator=generator).to(getattr(torch, dtype)),)
 
 
+def cuda_mlp() -> TinyMLP:
+    """``tiny_mlp`` on the GPU (tests/gpu)."""
+    return tiny_mlp().cuda()
+
+
+def cuda_mlp_inputs(batch: int = 4) -> tuple[torch.Tensor]:
+    return tuple(x.cuda() for x in mlp_inputs(batch))  # type: ignore[return-value]
+
+
 def scaled_tanh(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """A plain function target (functions are compiled against their own module globals)."""
     return torch.tanh(x * 2.0) + y.sin()

@@ -1,18 +1,20 @@
 """A fresh process that preloads, then does what a program does meanwhile, then compiles: for tests/test_preload.py.
 
 Run as ``python tests/helpers/preload_child.py CONFIG_JSON``. Config: ``target`` / ``inputs`` (``module:attr``
-factories, as for child.py), ``cache``, ``name``, and optional ``preload`` (keyword arguments of
-``torchkiln.preload``; ``"target": true`` passes the built target and inputs), ``collide`` (default true: right after
-``preload()`` returns, this thread and two more import the very modules the preload thread imports, the collision
-that makes a naive background import fail with ``_DeadlockError`` or a partially-initialized-module ImportError),
-``join_timeout``, ``store_delay`` (seconds each read of the preload's store takes: a slow remote store).
+factories, as for child.py; with ``"function": true`` the target is the function itself), ``cache``, ``name``,
+and optional ``preload`` (keyword arguments of ``torchkiln.preload``; ``"target": true`` passes the built target
+and inputs), ``collide`` (default true: right after ``preload()`` returns, this thread and two more import the very
+modules the preload thread imports, the collision that makes a naive background import fail with
+``_DeadlockError`` or a partially-initialized-module ImportError), ``join_timeout``, ``store_delay`` (seconds each
+read of the preload's store takes: a slow remote store), ``mode`` (compile's). The model and, unless preload needs
+them, the inputs are built after ``preload()`` (a CUDA model initializes CUDA then, as in a server).
 
 An audit hook records every module body that runs (the ``exec`` event of its code) with the thread that ran it and
-whether the preload thread's import phase was over then. Prints ``TKPRELOAD <json>``: ``hit``, ``max_diff`` against
-eager, ``errors`` (every exception any thread raised), the preload's ``state``/``error``/``prefetched``/``timings``,
-``late_imports`` (modules the preload thread ran after its import phase, without the lock),
-``imports_by_others_during`` (modules other threads ran while the preload thread held the lock: must be none) and
-the torchkiln warnings.
+whether the preload thread held the import lock then. Prints ``TKPRELOAD <json>``: ``hit``, ``max_diff`` against
+eager, ``errors`` (every exception any thread raised), the preload's ``state``/``error``/``prefetched``/
+``deserialized``/``timings``, the compile's ``compile_timings``, ``late_imports`` (modules the preload thread ran
+without the lock), ``imports_by_others_during`` (modules other threads ran while the preload thread held the lock:
+must be none) and the torchkiln warnings.
 """
 
 from __future__ import annotations
@@ -84,15 +86,20 @@ def main(argv: list[str]) -> int:
     job_box: list[Any] = []
 
     def audit(event: str, args: tuple[Any, ...]) -> None:
-        # "exec" of a module's code: the module body runs (after the import machinery's locks), not merely asked for
-        if event == "exec" and job_box and getattr(args[0], "co_name", None) == "<module>":
-            events.append((threading.current_thread().name, args[0].co_filename, job_box[0].imports_finished))
+        # "exec" of a module's code: the module body runs (after the import machinery's locks), not merely asked for;
+        # an eval/exec of a string ("<string>": a guard re-check, a dataclass's generated methods) is no import
+        code = args[0] if event == "exec" and args else None
+        if job_box and getattr(code, "co_name", None) == "<module>" and not code.co_filename.startswith("<"):
+            events.append((threading.current_thread().name, args[0].co_filename, job_box[0].holds_import_lock))
 
     errors: list[str] = []
-    factory = _resolve(config["target"])
-    inputs = _resolve(config["inputs"])()
+    target = _resolve(config["target"])
+    factory = (lambda: target) if config.get("function") else target  # ``"function": true``: the target itself
+    make_inputs = _resolve(config["inputs"])
+    inputs = None
     kwargs = dict(config.get("preload", {}))
     if kwargs.pop("target", False):
+        inputs = make_inputs()
         kwargs.update(target=factory(), example_inputs=inputs)
     kwargs.setdefault("cache", config["cache"])
     if config.get("store_delay"):
@@ -124,19 +131,23 @@ def main(argv: list[str]) -> int:
         for thread in threads:
             thread.start()
         importer(COLLIDE[0])
-    model = factory()
+    model = factory()  # a CUDA model initializes CUDA here, after preload, as in a server
+    inputs = make_inputs() if inputs is None else inputs
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with torch.no_grad():
-                compiled = torchkiln.compile(model, inputs, cache=config["cache"], name=config.get("name"))
+                compiled = torchkiln.compile(
+                    model, inputs, cache=config["cache"], name=config.get("name"), mode=config.get("mode")
+                )
                 out = compiled(*inputs)
                 want = model(*inputs)
             max_diff = float((out - want).abs().max())
             hit = compiled.hit
+            compile_timings = dict(compiled.timings)
         except BaseException as exc:
             errors.append(f"compile: {type(exc).__name__}: {exc}")
-            max_diff, hit = float("inf"), False
+            max_diff, hit, compile_timings = float("inf"), False, {}
     for thread in threads:
         thread.join()
     own = "torchkiln-preload"
@@ -152,8 +163,10 @@ def main(argv: list[str]) -> int:
         "timings": job.timings,
         "preload_call_s": preload_call,
         "import_failures": list(job.imports.failed) if job.imports is not None else None,
-        "late_imports": sorted({m for t, m, done in events if t == own and done}),
-        "imports_by_others_during": sorted({m for t, m, done in events if t != own and not done}),
+        "deserialized": job.deserialized,
+        "compile_timings": compile_timings,
+        "late_imports": sorted({m for t, m, held in events if t == own and not held}),
+        "imports_by_others_during": sorted({m for t, m, held in events if t != own and held}),
         "warnings": [str(w.message) for w in caught if "torchkiln" in str(w.message)],
     }
     sys.stdout.write("TKPRELOAD " + json.dumps(result) + "\n")

@@ -34,6 +34,8 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]
 
 WARMUP_CALLS = 3
+#: The preload scenario's phases: tk_preload_bytes is the same with ``preload(deserialize=False)``.
+PRELOAD_PHASES = ("tk_preload", "tk_preload_bytes")
 
 
 def _no_sync() -> None:
@@ -91,7 +93,7 @@ def _prepare(
         info["artifact_bytes"] = Path(artifact).stat().st_size
         loaded = torch.compiler.load_compiled_function(io.BytesIO(Path(artifact).read_bytes()), f_globals=vars(models))
         return lambda: loaded(model, *inputs), info
-    if phase in ("tk_miss", "tk_hit_empty", "tk_hit_warm", "tk_preload"):
+    if phase in ("tk_miss", "tk_hit_empty", "tk_hit_warm", *PRELOAD_PHASES):
         import torchkiln
 
         cm = torchkiln.compile(model, inputs, cache=spec["tk_cache"])
@@ -99,7 +101,7 @@ def _prepare(
         job = torchkiln.preloader.current()
         if job is not None:
             info.update(preload_state=job.state, preload_timings=dict(job.timings), preload_error=job.error)
-            info["preload_prefetched"] = list(job.prefetched)
+            info.update(preload_prefetched=list(job.prefetched), preload_deserialized=job.deserialized)
         return lambda: cm(*inputs), info
     raise ValueError(f"unknown phase {phase!r}")
 
@@ -173,7 +175,7 @@ def _setup(spec: dict[str, Any], device: str, sync: Callable[[], None], result: 
     ``torchkiln.preload`` and afterwards reads the weights file, as an inference server does."""
     from torchkiln.bench.models import build_model, import_libraries
 
-    if spec["phase"] == "tk_preload":
+    if spec["phase"] in PRELOAD_PHASES:
         # The server pattern: the program's own imports first (the model's library, the weights reader), then
         # preload, then the model and its weights while preload's thread runs.
         import torchkiln
@@ -181,7 +183,8 @@ def _setup(spec: dict[str, Any], device: str, sync: Callable[[], None], result: 
         import_libraries(spec["model"])
         _weights_reader(spec.get("weights") or "")
         t = time.perf_counter()
-        torchkiln.preload(cache=spec["tk_cache"], key=spec.get("key"), device=device)
+        deserialize = spec["phase"] == "tk_preload"  # tk_preload_bytes: torch's load left to compile
+        torchkiln.preload(cache=spec["tk_cache"], key=spec.get("key"), device=device, deserialize=deserialize)
         result["preload_call_s"] = time.perf_counter() - t
 
     model, inputs = build_model(spec["model"], device)

@@ -60,6 +60,7 @@ PHASE_TITLES: dict[str, str] = {
     "tk_hit_empty": "torchkiln hit, empty caches",
     "tk_hit_warm": "torchkiln hit, warm caches",
     "tk_preload": "torchkiln hit + preload, weights from a file (from weights-ready)",
+    "tk_preload_bytes": "the same, preload(deserialize=False): torch's load left to compile",
 }
 PHASES: tuple[str, ...] = tuple(PHASE_TITLES)
 #: A phase needs another phase's leftovers (its warm caches or its stored artifact) from the same repetition.
@@ -68,6 +69,7 @@ _REQUIRES = {
     "tk_hit_empty": "tk_miss",
     "tk_hit_warm": "tk_miss",
     "tk_preload": "tk_miss",
+    "tk_preload_bytes": "tk_miss",
 }
 _CHILD = Path(__file__).with_name("child.py")
 #: Load phases and the artifact each loads (built once per model by a prep process), cheapest build first.
@@ -235,7 +237,7 @@ class _ModelRun:
         if "compile_warm" in want:
             cold = rdir / "ind_cold" if "compile_cold" in want else self.first.get("cold", rdir / "ind_cold")
             self._record("compile_warm", self._child(rdir, "compile_warm", cold))
-        if want & {"tk_miss", "tk_hit_empty", "tk_hit_warm", "tk_preload"}:
+        if want & {"tk_miss", "tk_hit_empty", "tk_hit_warm", "tk_preload", "tk_preload_bytes"}:
             self._tk_phases(rep, rdir, want)
         for phase, filename in _LOAD_PHASES:
             if phase not in want:
@@ -266,21 +268,22 @@ class _ModelRun:
             self._record("tk_hit_empty", self._child(rdir, "tk_hit_empty", rdir / "ind_tk_hit", tk_cache=tk_cache))
         if "tk_hit_warm" in want:
             self._record("tk_hit_warm", self._child(rdir, "tk_hit_warm", warm, tk_cache=tk_cache))
-        if "tk_preload" in want:
-            self._record("tk_preload", self._preload_child(rep, rdir, tk_cache, miss.get("key")))
+        for phase in ("tk_preload", "tk_preload_bytes"):
+            if phase in want:
+                self._record(phase, self._preload_child(phase, rep, rdir, tk_cache, miss.get("key")))
 
-    def _preload_child(self, rep: int, rdir: Path, tk_cache: str | None, key: Any) -> dict[str, Any]:
+    def _preload_child(self, phase: str, rep: int, rdir: Path, tk_cache: str | None, key: Any) -> dict[str, Any]:
         """The preload scenario: the model's weights are read from a file (built once per model) while
         ``torchkiln.preload`` runs; its first output counts from weights-ready."""
         weights = self.artifacts / "weights.safetensors"
-        if rep == 0 or "weights" not in self.prep:
+        if "weights" not in self.prep:
             res = self._child(rdir, "prep", rdir / "ind_prep_weights", prep="weights", save=str(weights))
             self.prep["weights"] = _prep_record(res, res.get("artifact_bytes"), res.get("prep_s"))
         if not self.prep["weights"].get("ok"):
             error = self.prep["weights"].get("error") or "the weights file was not written"
-            return {"phase": "tk_preload", "ok": False, "error": f"prep failed: {error}"}
+            return {"phase": phase, "ok": False, "error": f"prep failed: {error}"}
         saved = self.prep["weights"].get("saved_as") or str(weights)
-        return self._child(rdir, "tk_preload", rdir / "ind_tk_preload", tk_cache=tk_cache, key=key, weights=saved)
+        return self._child(rdir, phase, rdir / f"ind_{phase}", tk_cache=tk_cache, key=key, weights=saved)
 
     def _tk_cache(self, rep: int, rdir: Path) -> str | None:
         base = self.config.tk_cache
