@@ -308,3 +308,13 @@ def test_waiting_for_cuda_never_keeps_a_finished_program_alive(tmp_path: Path) -
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - start < 60  # the wait's own limit is 600 s
+
+
+def test_a_load_ahead_under_way_is_never_abandoned() -> None:
+    """compile's join timed out: phase 2's work is abandoned, but a phase-3 load under way is waited for (compile's
+    own load would race it: Inductor's settings are process-wide)."""
+    job = preload_module.Preload(join_timeout=0.1, background_imports=True)
+    job._loading_ahead = True
+    assert job.abandon() is False and job.state == "running"
+    job._loading_ahead = False
+    assert job.abandon() is True and job.state == "abandoned"

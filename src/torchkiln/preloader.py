@@ -34,8 +34,9 @@ The thread, in order:
    freely by now). ``loader.load`` then only checks the header against the call and wraps the function.
 
 ``torchkiln.compile`` joins the thread before it touches torch internals: it waits for phase 1 whatever happens
-(it would wait for the import lock anyway) and for phases 2 and 3 at most ``join_timeout`` seconds; past that it
-warns (``TorchkilnWarning``), forgets whatever they still bring and loads on its own, as without preload. A failure in
+(it would wait for the import lock anyway) and for the rest at most ``join_timeout`` seconds; past that it warns
+(``TorchkilnWarning``), forgets whatever the thread still brings and loads on its own, as without preload, unless
+phase 3 is loading: that local work is waited for (compile's own load would race it). A failure in
 the thread is never raised: it is recorded (``Preload.error``, logged at INFO) and the compile does the work
 itself, which reports the real error where it happens.
 
@@ -65,8 +66,7 @@ log = logging.getLogger("torchkiln.preload")
 DEFAULT_JOIN_TIMEOUT = 60.0
 #: At most this many stored artifacts are prepared for a ``name`` (the most recently used first).
 MAX_CANDIDATES = 4
-#: Phase 1 waits are bounded too: imports that take longer than this are reported as a hang, never waited forever.
-_IMPORT_PHASE_LIMIT = 600.0
+_IMPORT_PHASE_LIMIT = 600.0  # phase 1 (and a phase-3 load) waited for longer than this is reported as a hang
 #: How long the thread waits for a moment when no other thread imports before it gives up on phase 1 (or 3).
 _START_LIMIT = 30.0
 
@@ -95,8 +95,9 @@ class Preload:
         self.background_imports = background_imports
         self._thread: threading.Thread | None = None
         self._imports_done = threading.Event()
-        self._joined = threading.Event()  # someone waits for the thread: phase 3 stops waiting for a device
+        self._joined = threading.Event()
         self._holds_import_lock = False
+        self._loading_ahead = False  # phase 3 is past its last chance to be abandoned
         self._abandoned = False
         self._offer_lock = threading.Lock()
 
@@ -112,21 +113,25 @@ class Preload:
         """Wait for the thread (phase 1 always, then at most ``timeout`` s more); True when it has finished."""
         if self._thread is None or self._thread is threading.current_thread():
             return True
-        self._joined.set()
+        self._joined.set()  # phase 3 stops waiting for a device
         if not self._imports_done.wait(_IMPORT_PHASE_LIMIT):
             log.warning("torchkiln.preload: the imports did not finish in %.0f s", _IMPORT_PHASE_LIMIT)
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def abandon(self) -> None:
-        """Forget what the thread still brings: nothing it prepares from now on reaches a load."""
+    def abandon(self) -> bool:
+        """Forget what the thread still brings: nothing it prepares from now on reaches a load. False (nothing
+        abandoned) while phase 3 loads: compile's own load would race it (Inductor's settings are process-wide)."""
         from torchkiln import loader
 
         with self._offer_lock:
+            if self._loading_ahead:
+                return False
             self._abandoned = True
             if self.state == "running":
                 self.state = "abandoned"
             loader.withdraw()
+        return True
 
     # -- the thread ---------------------------------------------------------------------------------------------
     def start(self, lock: import_lock.ImportLock | None, work: _Work) -> None:
@@ -254,24 +259,21 @@ class Preload:
             return
         self._holds_import_lock = True
         try:
+            with self._offer_lock:  # from here on compile waits for this phase instead of abandoning it
+                if self._abandoned:
+                    return
+                self._loading_ahead = True
             chosen = load_ahead.first_fitting(candidates)
-            if chosen is None:
-                return
-            store_key, loaded = (
-                chosen[0],
-                load_ahead.deserialize(chosen[1], grad_enabled=self.grad_enabled, timings=self.timings),
-            )
+            if chosen is not None:
+                loaded = load_ahead.deserialize(chosen[1], grad_enabled=self.grad_enabled, timings=self.timings)
+                loader.offer(chosen[0], loaded)
+                self.deserialized = chosen[0]
         except Exception as exc:  # noqa: BLE001 - compile loads it again and reports the real error there
             log.info("torchkiln.preload: could not load ahead (compile will): %s: %s", type(exc).__name__, exc)
-            return
         finally:
+            self._loading_ahead = False
             self._holds_import_lock = False
             lock[1]()
-        with self._offer_lock:
-            if self._abandoned:
-                return
-            loader.offer(store_key, loaded)
-            self.deserialized = store_key
 
 
 @dataclasses.dataclass
@@ -385,11 +387,13 @@ def join_before_compile() -> Preload | None:
         return None
     start = time.perf_counter()
     if not job.join(job.join_timeout):
-        job.abandon()
-        warn(
-            f"torchkiln.preload did not finish reading the artifact within {job.join_timeout:g} s; "
-            "compile reads and loads it itself (pass a larger join_timeout= to preload to wait longer)"
-        )
+        if job.abandon():
+            warn(
+                f"torchkiln.preload did not finish reading the artifact within {job.join_timeout:g} s; "
+                "compile reads and loads it itself (pass a larger join_timeout= to preload to wait longer)"
+            )
+        else:
+            job.join(_IMPORT_PHASE_LIMIT)  # phase 3 is loading: local work, never abandoned halfway
     job.timings["join_wait"] = job.timings.get("join_wait", 0.0) + time.perf_counter() - start
     if job.error:
         log.info("torchkiln.preload failed earlier (%s); compile does its work itself", job.error)
