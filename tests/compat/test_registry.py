@@ -38,6 +38,7 @@ FIX_IDS = (
     "static-autotuner-paths",
     "coordesc-warm-cache",
     "isa-probe-without-import",
+    "triton-bundle-losing-configs",
 )
 
 
