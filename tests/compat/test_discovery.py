@@ -55,8 +55,7 @@ def test_every_fix_file_is_discovered_and_none_is_broken() -> None:
 def test_discovery_keeps_the_application_order() -> None:
     # enable-aot-compile first; the two get_runtime_env post-processors in the order they run; the guard-state
     # pickler; then the load-side ImportSource fix, the AOTCompilePickler one, the loaded autotuners' paths and their
-    # cached coordinate-descent results, the CPU ISA check, the Triton bundle's losing configs (their places change no
-    # result).
+    # cached coordinate-descent results, the CPU ISA check (their places change no result).
     ids = [f.id for f in registry.discover()]
     assert ids == [
         "enable-aot-compile",
@@ -68,7 +67,6 @@ def test_discovery_keeps_the_application_order() -> None:
         "static-autotuner-paths",
         "coordesc-warm-cache",
         "isa-probe-without-import",
-        "triton-bundle-losing-configs",
     ]
     orders = [(f.order, f.id) for f in registry.discover()]
     assert orders == sorted(orders) and len({o for o, _ in orders}) == len(orders)

@@ -38,7 +38,6 @@ FIX_IDS = (
     "static-autotuner-paths",
     "coordesc-warm-cache",
     "isa-probe-without-import",
-    "triton-bundle-losing-configs",
 )
 
 
