@@ -165,3 +165,26 @@ def test_bundle_is_deterministic_and_restore_never_overwrites(saved: Path, tmp_p
     files = {n: zipfile.ZipFile(io.BytesIO(data)).read(n) for n in names[1:]}
     rec = kernels.KernelRecording(private_dir=tmp_path, files=files, torch_version="x", isa="avx2")
     assert kernels.bundle_of(rec) == kernels.bundle_of(rec)
+
+
+def test_triton_intermediate_files_stay_out_of_the_bundle(tmp_path: Path) -> None:
+    """A Triton kernel dir keeps every compile stage; the bundle carries the binary and metadata only (a hit needs no
+    more: measured on an H200, BENCHMARKS.md "GPU artifact size"). Inductor's own files are all kept."""
+    from torchkiln.kernels import record
+
+    kernel = tmp_path / "triton" / "HASH"
+    kernel.mkdir(parents=True)
+    for suffix in (".cubin", ".json", ".ttir", ".ttgir", ".llir", ".ptx", ".source"):
+        (kernel / f"triton_poi_k{suffix}").write_bytes(b"x")
+    (kernel / "__grp__triton_poi_k.json").write_bytes(b"{}")
+    inductor = tmp_path / "inductor" / "ab"
+    inductor.mkdir(parents=True)
+    (inductor / "cabc.py").write_bytes(b"x")
+    (inductor / "cabc.source").write_bytes(b"x")  # not Triton's: kept
+    assert sorted(record._collect(tmp_path)) == [
+        "inductor/ab/cabc.py",
+        "inductor/ab/cabc.source",
+        "triton/HASH/__grp__triton_poi_k.json",
+        "triton/HASH/triton_poi_k.cubin",
+        "triton/HASH/triton_poi_k.json",
+    ]
