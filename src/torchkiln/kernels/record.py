@@ -32,11 +32,6 @@ _log = logging.getLogger("torchkiln.kernels")
 # entries the artifact's payload already carries (and which are pickles that a later ordinary torch.compile would
 # unpickle: a bundle must not plant them).
 _SKIP_TOP = frozenset({"locks", "aotautograd", "fxgraph"})
-# Triton's intermediate files of a compiled kernel (its cache dir keeps every stage): a load needs the binary and its
-# metadata (.cubin/.hsaco/.zebin and .json) and Triton's cache lookup tolerates absent group members. Measured on an
-# H200 (torch 2.11, BENCHMARKS.md "GPU artifact size"): a hit whose restored cache lacks them writes no file, in the
-# default, reduce-overhead and max-autotune-no-cudagraphs modes; they were 74-76 % of the bundled Triton bytes.
-_TRITON_INTERMEDIATE = frozenset({".ttir", ".ttgir", ".llir", ".ptx", ".source"})
 
 
 @dataclasses.dataclass
@@ -95,7 +90,6 @@ def _collect(private: Path) -> dict[str, bytes]:
                 or rel.parts[0] in _SKIP_TOP
                 or rel.parts[0].startswith("tmp.")
                 or path.suffix in (".lock", ".tmp")
-                or (root == "triton" and path.suffix in _TRITON_INTERMEDIATE)
             ):
                 continue
             files[f"{root}/{rel.as_posix()}"] = path.read_bytes()
