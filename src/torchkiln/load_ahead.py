@@ -32,19 +32,19 @@ exactly as without preload):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torchkiln import artifact, compiler, inductor_cache, kernels, loader
 from torchkiln.errors import TorchkilnError
 from torchkiln.fingerprint import Fingerprint
 from torchkiln.header import ArtifactHeader
 
-__all__ = ["Candidate", "deserialize", "first_fitting", "loadable_ahead", "prepare", "wait_for_device"]
+__all__ = ["Candidate", "deserialize", "first_fitting", "loadable_ahead", "prepare", "timed", "wait_for_device"]
 
 log = logging.getLogger("torchkiln.preload")
 
@@ -66,33 +66,34 @@ def prepare(
     """Phase 2 for one artifact's bytes: verify and decode them (nothing is unpickled), restore their kernels into
     the Inductor cache and, for a CPU artifact with ``settle_isa``, let Inductor pick its vector ISA as the load
     would (its probes spawn one process each). None when the bytes are not usable (the load says so on its own)."""
-    start = time.perf_counter()
     try:
-        decoded = artifact.decode(data, signing_key=signing_key, where=store_key)
-        header = ArtifactHeader.from_dict(decoded.header, where=store_key)
+        decoded, header = timed(timings, "decode", _decode, data, store_key, signing_key)
     except TorchkilnError as exc:  # corrupt, untrusted: the load says so (and misses) on its own
         log.info("torchkiln.preload: %s is not usable: %s", store_key, exc)
         return None
-    finally:
-        _add(timings, "decode", start)
     restored = None
     if "kernels" in decoded.sections and not abandoned():
-        start = time.perf_counter()
         try:
-            restored = kernels.restore(decoded.sections["kernels"])
+            restored = timed(timings, "restore_kernels", kernels.restore, decoded.sections["kernels"])
         except OSError as exc:
             log.info("torchkiln.preload: could not restore the kernels of %s: %s", store_key, exc)
-        finally:
-            _add(timings, "restore_kernels", start)
     if restored is not None and header.device_type == "cpu" and settle_isa and not abandoned():
-        start = time.perf_counter()
-        inductor_cache.settle_isa(restored)
-        _add(timings, "settle_isa", start)
+        timed(timings, "settle_isa", inductor_cache.settle_isa, restored)
     return loader.Prefetched(data, decoded, header, signing_key, restored)
 
 
-def _add(timings: dict[str, float], step: str, start: float) -> None:
-    timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
+def _decode(data: bytes, store_key: str, signing_key: bytes | None) -> tuple[artifact.Artifact, ArtifactHeader]:
+    decoded = artifact.decode(data, signing_key=signing_key, where=store_key)
+    return decoded, ArtifactHeader.from_dict(decoded.header, where=store_key)
+
+
+def timed(timings: dict[str, float], step: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, its seconds added to ``timings[step]`` (raised or not): preload's step timings."""
+    start = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
 
 
 def wait_for_device(device_type: str | None, stop: threading.Event, limit: float = DEVICE_WAIT_LIMIT) -> bool:
@@ -140,13 +141,14 @@ def first_fitting(candidates: Sequence[Candidate]) -> Candidate | None:
 def deserialize(prefetched: loader.Prefetched, *, grad_enabled: bool, timings: dict[str, float]) -> loader.Prefetched:
     """Phase 3: torch's deserialization of a fitting module candidate (the caller holds the import lock), as
     ``loader.load`` would run it; returns ``prefetched`` with the function it then only wraps."""
+    function = timed(timings, "deserialize", _deserialize, prefetched, grad_enabled)
+    return dataclasses.replace(prefetched, function=function)
+
+
+def _deserialize(prefetched: loader.Prefetched, grad_enabled: bool) -> Any:
     import torch
 
-    start = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.set_grad_enabled(grad_enabled))
-        loader.prepare_load(prefetched.header.device_type)
-        stack.enter_context(kernels.loading(prefetched.restored))
-        function = compiler.deserialize(prefetched.decoded.sections["payload"], is_module=True, target=None)
-    _add(timings, "deserialize", start)
-    return dataclasses.replace(prefetched, function=function)
+    # Idempotent (phase 1 ran it for its device guess); before kernels.loading settles the CPU ISA, as loader.load.
+    loader.prepare_load(prefetched.header.device_type)
+    with torch.set_grad_enabled(grad_enabled), kernels.loading(prefetched.restored):
+        return compiler.deserialize(prefetched.decoded.sections["payload"], is_module=True, target=None)

@@ -126,8 +126,9 @@ def check_header(
 def prepare_load(device_type: str | None) -> None:
     """What a process needs before torch reads an artifact for ``device_type``; idempotent, and cheap once done.
 
-    :func:`load` calls it before the kernels' scope settles the CPU ISA, ``preload`` on its thread (once for
-    every artifact it reads). A compile applies every fix itself (``compiler.compile_target``).
+    :func:`load` calls it before the kernels' scope settles the CPU ISA; ``preload`` on its thread for its device
+    guess (phase 1) and again for the artifact it loads ahead (phase 3). A compile applies every fix itself
+    (``compiler.compile_target``).
     """
     gpu = device_type != "cpu"
     if gpu:

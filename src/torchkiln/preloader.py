@@ -81,7 +81,9 @@ class Preload:
     the interpreter has no import lock to hold (phases 1 and 3 then run in compile).
     """
 
-    def __init__(self, *, join_timeout: float, background_imports: bool, deserialize: bool = True) -> None:
+    def __init__(
+        self, *, join_timeout: float, background_imports: bool, deserialize: bool = True, grad_enabled: bool = True
+    ) -> None:
         self.state = "running"
         self.device: str | None = None
         self.error: str | None = None
@@ -89,7 +91,7 @@ class Preload:
         self.prefetched: list[str] = []
         self.deserialized: str | None = None
         self.deserialize = deserialize
-        self.grad_enabled = True  # the caller's grad mode (thread-local), for phase 3
+        self.grad_enabled = grad_enabled  # the caller's grad mode (thread-local), for phase 3
         self.imports: Any = None
         self.join_timeout = join_timeout
         self.background_imports = background_imports
@@ -219,7 +221,7 @@ class Preload:
         for store_key in _candidates(work.store, work.keys, work.name):
             if self._abandoned:
                 return offered
-            data = _timed(self.timings, "store_get", work.store.get, store_key)
+            data = load_ahead.timed(self.timings, "store_get", work.store.get, store_key)
             if data is None:
                 continue
             prefetched = load_ahead.prepare(
@@ -286,14 +288,6 @@ class _Work:
     device: str | None
 
 
-def _timed(timings: dict[str, float], step: str, fn: Any, *args: Any) -> Any:
-    start = time.perf_counter()
-    try:
-        return fn(*args)
-    finally:
-        timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
-
-
 _current: Preload | None = None
 _current_lock = threading.Lock()
 
@@ -337,11 +331,12 @@ def preload(
         if _current is not None and _current.state == "running":
             return _current
         lock = import_lock.import_lock()
-        job = Preload(join_timeout=join_timeout, background_imports=lock is not None, deserialize=deserialize)
+        torch = sys.modules.get("torch")  # thread-local grad mode: phase 3 runs in the caller's
+        grad = True if torch is None else bool(torch.is_grad_enabled())
+        job = Preload(
+            join_timeout=join_timeout, background_imports=lock is not None, deserialize=deserialize, grad_enabled=grad
+        )
         _current = job
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        job.grad_enabled = bool(torch.is_grad_enabled())  # thread-local: phase 3 runs in the caller's grad mode
     keys: list[str] | None = None
     if key is not None:
         keys = [key]
