@@ -1,7 +1,7 @@
 """Tests for the one atomic-write helper (src/torchkiln/atomic_files.py).
 
-The store's crash and race tests (tests/store/test_local.py) and the kernel restore tests (tests/kernels/) exercise
-it through its callers; these pin the helper's own contract.
+The store's crash and race tests (tests/store/test_local.py) and the kernel restore tests (tests/kernel_bundle/)
+exercise it through its callers; these pin the helper's own contract.
 """
 
 from __future__ import annotations

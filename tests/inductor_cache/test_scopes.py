@@ -2,7 +2,7 @@
 place, with compiler.py and compat/, that touches torch internals.
 
 The scopes are checked on torch's real config objects in this process; that a restored bundle then loads without
-compiling, in a fresh process, is tests/kernels/test_record.py.
+compiling, in a fresh process, is tests/kernel_bundle/test_record.py.
 """
 
 from __future__ import annotations

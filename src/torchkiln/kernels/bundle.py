@@ -8,7 +8,7 @@ the manifest fields into the same bytes every time; :func:`decode` checks the zi
 name and every cap before it returns a :class:`Bundle`, whose :meth:`Bundle.read` decompresses one file and checks
 its size and sha256. Reading is per file so that a restore onto a warm cache decompresses nothing. Every way a
 bundle can be malformed or hostile raises :class:`ArtifactCorruptError` (fuzzed: fuzz/fuzz_kernel_bundle.py,
-tests/kernels/test_bundle.py).
+tests/kernel_bundle/test_bundle.py).
 """
 
 from __future__ import annotations

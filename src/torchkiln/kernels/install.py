@@ -46,7 +46,7 @@ def cache_dirs() -> list[Path]:
     """``inductor_cache.inductor_cache_dirs()`` without importing ``torch._inductor`` (~1.5 s) on the hit path.
 
     Mirrors torch/_inductor/runtime/cache_dir_utils.py (torch 2.10-2.13; fbcode's /var/tmp default does not apply
-    to pip torch); tests/kernels/test_install.py checks that both agree.
+    to pip torch); tests/kernel_bundle/test_install.py checks that both agree.
     """
     if "torch._inductor.runtime.cache_dir_utils" in sys.modules:
         return inductor_cache.inductor_cache_dirs()
