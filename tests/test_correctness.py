@@ -55,15 +55,17 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _baseline_key(cache: Path, case: str) -> str:
     records = json.loads((cache / "baseline.json").read_text())
-    target = "closure_same" if guard_cases.CASES[case].get("target") == "closure" else "same"
+    target = guard_cases.CASES[case].get("target")
+    target = f"{target}_same" if target else "same"
     return next(r["store_key"] for r in records if r["case"] == target)
 
 
 #: The default lane's representative subset (about 30 s a case on 2 cores): one of each mechanism, a module global
 #: and a closure cell (re-checked), a class attribute (kept and re-checked), a config attribute (kept), autocast
-#: (keyed), and what must hit. Every case runs in the slow lane and in the 2.11 compat lane.
+#: (keyed), a self-pickling local module's wrapped function (re-checked), and what must hit. Every case runs in the
+#: slow lane and in the 2.11 compat lane.
 DEFAULT_LANE = {"module_global", "class_attribute", "closure_cell", "config_attribute", "autocast", "same"}
-DEFAULT_LANE |= {"new_weights", "unrelated_env"}
+DEFAULT_LANE |= {"new_weights", "unrelated_env", "hub_func_swapped"}
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,11 @@ CASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("range", "`return x + 1, range(3)`", ("module-globals",)),
     ("plain", "`return x + 1`", ("enable-aot-compile",)),
     ("ordered-dict", "nn.Module returning an OrderedDict subclass", ("module-globals",)),
-    ("llama", "tiny LlamaForCausalLM (ModelOutput)", ("builtins-runtime-env", "module-globals")),
+    (
+        "llama",
+        "tiny LlamaForCausalLM (ModelOutput; kernels' function modules)",
+        ("builtins-runtime-env", "module-globals", "self-pickling-local-modules"),
+    ),
     ("dtype-attr", "nn.Module holding an unread `torch.float32`", ("guard-state-singletons",)),
     ("device-attr", "nn.Module holding an unread `torch.device`", ("guard-state-singletons",)),
     ("enum-attr", "nn.Module holding an unread enum member (also in a read list)", ("guard-state-singletons",)),

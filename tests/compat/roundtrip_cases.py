@@ -260,7 +260,12 @@ CASES: dict[str, Case] = {
             torchkiln_filter=True,  # torch's default filter: "DICT_VERSION guard cannot be serialized"
         ),
         Case("ordered-dict", ("module-globals",), lambda: (_pair_net(), (_x(),)), module=True),
-        Case("llama", ("builtins-runtime-env", "module-globals"), lambda: (tiny_llama(), (_ids(),)), module=True),
+        Case(
+            "llama",
+            ("builtins-runtime-env", "module-globals", "self-pickling-local-modules"),
+            lambda: (tiny_llama(), (_ids(),)),
+            module=True,
+        ),
         Case("dtype-attr", (SINGLETONS,), lambda: (_seeded(DtypeAttr), (_x8(),)), module=True),
         Case("device-attr", (SINGLETONS,), lambda: (_seeded(DeviceAttr), (_x8(),)), module=True),
         Case("enum-attr", (SINGLETONS,), lambda: (_seeded(EnumAttr), (_x8(),)), module=True),

@@ -53,15 +53,17 @@ def test_every_fix_file_is_discovered_and_none_is_broken() -> None:
 
 
 def test_discovery_keeps_the_application_order() -> None:
-    # enable-aot-compile first; the two get_runtime_env post-processors in the order they run; the guard-state
-    # pickler; then the load-side ImportSource fix, the AOTCompilePickler one, the loaded autotuners' paths and their
-    # cached coordinate-descent results, the CPU ISA check (their places change no result).
+    # enable-aot-compile first; the two get_runtime_env post-processors in the order they run; the two guard-state
+    # pickler hooks in the order they run; then the load-side ImportSource fix, the AOTCompilePickler one, the loaded
+    # autotuners' paths and their cached coordinate-descent results, the CPU ISA check (their places change no
+    # result).
     ids = [f.id for f in registry.discover()]
     assert ids == [
         "enable-aot-compile",
         "builtins-runtime-env",
         "module-globals",
         "guard-state-singletons",
+        "self-pickling-local-modules",
         "import-source-reload",
         "wrapped-functions",
         "static-autotuner-paths",

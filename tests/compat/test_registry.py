@@ -33,6 +33,7 @@ FIX_IDS = (
     "builtins-runtime-env",
     "module-globals",
     "guard-state-singletons",
+    "self-pickling-local-modules",
     "import-source-reload",
     "wrapped-functions",
     "static-autotuner-paths",
@@ -153,11 +154,33 @@ def test_guard_state_singletons_apply_is_idempotent_and_revert_restores_reducer_
 
 
 @pytest.mark.compat
+@pytest.mark.parametrize("first", ["guard-state-singletons", "self-pickling-local-modules"])
+def test_the_guard_state_pickler_hooks_revert_in_any_order(first: str) -> None:
+    """Two fixes hook GuardsStatePickler.reducer_override through one wrapper: reverting either first leaves the
+    other's hook working, and reverting both puts back torch's own method."""
+    from torch._dynamo.guards import GuardsStatePickler
+
+    ids = ["guard-state-singletons", "self-pickling-local-modules"]
+    original = GuardsStatePickler.__dict__["reducer_override"]
+    if not all(compat.status(i).state is compat.FixState.NEEDED for i in ids):
+        pytest.skip("both fixes must be needed on this torch")
+    torchkiln.apply_fixes(ids)
+    (second,) = (i for i in ids if i != first)
+    compat.get_fix(first).revert()
+    assert compat.get_fix(second).is_applied() and not compat.get_fix(first).is_applied()
+    assert not compat.get_fix(second).probe()  # its hook still runs
+    assert GuardsStatePickler.__dict__["reducer_override"] is not original
+    compat.get_fix(second).revert()
+    assert GuardsStatePickler.__dict__["reducer_override"] is original
+
+
+@pytest.mark.compat
 @pytest.mark.parametrize(
     ("fix_id", "owner", "attribute"),
     [
         ("import-source-reload", "torch._dynamo.source:ImportSource", "__post_init__"),
         ("wrapped-functions", "torch._dynamo.aot_compile:AOTCompilePickler", "reducer_override"),
+        ("self-pickling-local-modules", "torch._dynamo.guards:CheckFunctionManager", "serialize_guards"),
         ("static-autotuner-paths", "torch._inductor.triton_bundler:TritonBundler", "load_autotuners"),
         ("coordesc-warm-cache", "torch._inductor.runtime.triton_heuristics:CachingAutotuner", "recheck_autotune_cache"),
         ("isa-probe-without-import", "torch._inductor.cpu_vec_isa:VecISA", "_avx_py_load"),

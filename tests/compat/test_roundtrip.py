@@ -36,6 +36,7 @@ ENABLE_AOT = "enable-aot-compile"
 SINGLETONS = "guard-state-singletons"
 WRAPPED = "wrapped-functions"
 IMPORT_SOURCE = "import-source-reload"
+SELF_PICKLING = "self-pickling-local-modules"
 
 FUNCTION_JOBS = (
     f"raw/builtins/-{BUILTINS}",
@@ -66,7 +67,13 @@ FUNCTION_JOBS = (
     "raw/vmap/all",
     "kiln/vmap/all",
 )
-LLAMA_JOBS = (f"raw/llama/-{BUILTINS}", f"raw/llama/-{MODULE_GLOBALS}", "raw/llama/all", "kiln/llama/all")
+LLAMA_JOBS = (
+    f"raw/llama/-{BUILTINS}",
+    f"raw/llama/-{MODULE_GLOBALS}",
+    f"raw/llama/-{SELF_PICKLING}",
+    "raw/llama/all",
+    "kiln/llama/all",
+)
 PALIGEMMA_JOBS = (f"raw/paligemma/-{SINGLETONS}", "raw/paligemma/all", "kiln/paligemma/all")
 #: Where PaliGemma cannot compile fullgraph on an older torch: (first good torch, the error torch raises). As for
 #: Llava (tests/test_models.py), the image-token mask has a data-dependent size that torch 2.11's Dynamo loses
@@ -271,6 +278,28 @@ def test_import_source_reload_fix(functions: Batch) -> None:
     else:
         assert ok, error
     _assert_ok(functions, "raw/vmap/all")
+
+
+# -- self-pickling-local-modules ---------------------------------------------------------------------------------
+def _transformers_wraps_functions_in_modules() -> bool:
+    """transformers >= 5.25 with kernels: ``apply_rotary_pos_emb`` is an instance of a local nn.Module class."""
+    import torch
+    from transformers.models.llama import modeling_llama
+
+    rope = modeling_llama.apply_rotary_pos_emb
+    return isinstance(rope, torch.nn.Module) and "<locals>" in type(rope).__qualname__
+
+
+def test_self_pickling_local_modules_fix_llama(llama: Batch) -> None:
+    """Each attention layer calls its own instance of kernels' local wrapper class: without the fix the save fails
+    (a type guard on a local class), with it the model saves and loads in a fresh process. The synthetic shape of
+    the same bug, and a miss when the wrapped function changes, are in tests/test_correctness.py (``hub_func_*``)."""
+    ok, error = llama.outcome(f"raw/llama/-{SELF_PICKLING}")
+    if llama.needed(SELF_PICKLING) and _transformers_wraps_functions_in_modules():
+        assert not ok and error.startswith("save:") and "defined in local scope" in error, error
+    else:
+        assert ok, error  # an older transformers, or a torch that saves such guards: nothing to fix
+    _assert_ok(llama, "raw/llama/all")
 
 
 # -- enable-aot-compile ------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """One fresh process of the correctness suite: ``python guard_case_child.py CACHE CASE [CASE...]``.
 
-``baseline`` compiles the unchanged targets (the Knobs module and the closure function). Any other case applies
-its change (tests/helpers/guard_cases.py), calls ``torchkiln.compile`` under the case's context and reports, as
+``baseline`` compiles the unchanged targets (the Knobs module, the closure function and HubFuncNet). Any other case
+applies its change (tests/helpers/guard_cases.py), calls ``torchkiln.compile`` under the case's context and reports, as
 the last stdout line ``TKRESULT <json>``, per case: ``hit``, ``key``, ``store_key`` (the variant used),
 ``max_diff`` against eager computed in this process before compiling, and the ``TorchkilnWarning`` messages.
 """
@@ -63,7 +63,7 @@ def main() -> None:
     cache, cases = sys.argv[1], sys.argv[2:]
     torch.manual_seed(0)
     if cases == ["baseline"]:
-        cases = ["same", "closure_same"]
+        cases = ["same", "closure_same", "hub_func_same"]
     results = [run(cache, case) for case in cases]
     print("TKRESULT " + json.dumps(results))
 

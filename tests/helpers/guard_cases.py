@@ -6,7 +6,8 @@ state) or one that must *not* split the cache (weights, cwd, unrelated environme
 it in a fresh process (tests/helpers/guard_case_child.py), calls ``torchkiln.compile`` and compares with eager.
 
 Module globals read at import come from the environment, as a deployment knob would: ``TK_KNOB_SCALE`` (a float
-the forward multiplies by) and ``TK_CLOSURE_SCALE`` (the cell of a closure the function target calls).
+the forward multiplies by), ``TK_CLOSURE_SCALE`` (the cell of a closure the function target calls) and
+``TK_HUB_FUNC`` (which function a self-pickling local module class wraps, as kernels wraps transformers' functions).
 """
 
 from __future__ import annotations
@@ -95,6 +96,57 @@ def closure_target(x: torch.Tensor) -> torch.Tensor:
 
 def closure_inputs() -> tuple[torch.Tensor]:
     return (torch.randn(4, 8, generator=torch.Generator().manual_seed(5)),)
+
+
+# A function turned into a module of a local class, the shape transformers >= 5.25 gives ``apply_rotary_pos_emb``
+# (kernels' ``_create_func_module``, through ``@use_kernel_func_from_hub`` and ``@use_kernelized_func``): the class
+# says how to pickle itself, through the module global it wraps (compat fix ``self-pickling-local-modules``).
+def make_func_module(func: Callable[[torch.Tensor], torch.Tensor], name: str) -> type[nn.Module]:
+    class Func(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return func(x)
+
+        def __reduce__(self) -> Any:
+            if globals().get(name) is self:
+                return name
+            return (rebuild_func_module, (name,), self.__dict__.copy())
+
+    Func.__module__ = __name__
+    return Func
+
+
+def rebuild_func_module(name: str) -> nn.Module:
+    module: nn.Module = type(globals()[name])()
+    return module
+
+
+def _double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2.0
+
+
+def _triple(x: torch.Tensor) -> torch.Tensor:
+    return x * 3.0
+
+
+#: which function the wrapper wraps, chosen at import as a deployment would (``TK_HUB_FUNC``)
+hub_scale = make_func_module(_triple if os.environ.get("TK_HUB_FUNC") == "triple" else _double, "hub_scale")()
+
+
+class HubFuncNet(nn.Module):
+    """Calls its own instance of the wrapper class, as a transformers attention layer calls ``_kernel_funcs``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self._kernel_funcs = {"scale": type(hub_scale)()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._kernel_funcs["scale"](self.lin(x)) + 1.0
+
+
+def make_hub_func_net() -> HubFuncNet:
+    torch.manual_seed(0)
+    return HubFuncNet().eval()
 
 
 # -- the changes ------------------------------------------------------------------------------------------------
@@ -188,6 +240,7 @@ CASES: dict[str, dict[str, Any]] = {
     "autocast": {"context": _autocast},
     "deterministic": {"context": _deterministic},
     "closure_cell": {"target": "closure", "env": {"TK_CLOSURE_SCALE": "5.0"}},
+    "hub_func_swapped": {"target": "hub_func", "env": {"TK_HUB_FUNC": "triple"}},  # the wrapped function
     "num_threads": {"env": {"OMP_NUM_THREADS": "1"}},  # in Dynamo's GLOBAL_STATE guard
     # what must not split the cache
     "same": {"must_hit": True},
@@ -198,6 +251,7 @@ CASES: dict[str, dict[str, Any]] = {
         "must_hit": True,
     },
     "closure_same": {"target": "closure", "must_hit": True},
+    "hub_func_same": {"target": "hub_func", "must_hit": True},
 }
 
 
@@ -206,6 +260,8 @@ def build(case: str) -> tuple[Any, tuple[torch.Tensor, ...], Callable[[], contex
     spec = CASES[case]
     if spec.get("target") == "closure":
         return closure_target, closure_inputs(), spec.get("context", _no_context)
+    if spec.get("target") == "hub_func":
+        return make_hub_func_net(), knob_inputs(), spec.get("context", _no_context)
     model = make_knobs()
     if "change" in spec:
         spec["change"](model)

@@ -37,47 +37,27 @@ Everything else stays pruned exactly as torch prunes it.
 Upstream: pytorch#194249 ("[guards] Do not prune interned values, which id()-keyed pruning cannot scope") and
 pytorch#197749 ("[dynamo] Never prune an interned singleton from guard state"), both closed, neither in a release
 installed here. Affected: torch >=2.10.dev0 (no upper bound until a release carries the fix; the probe retires it).
-Touches: ``torch._dynamo.guards.GuardsStatePickler.reducer_override`` (wrapped; the original is kept for
-``revert``) and its ``missing_values`` (read, entries removed); the probe also calls
-``torch._dynamo.package.load_guards_state``. A torch without ``GuardsStatePickler`` or its ``missing_values``
-reports ``not-applicable`` and is never patched.
+Touches: ``torch._dynamo.guards.GuardsStatePickler.reducer_override`` (a hook on the one wrapper of
+compat.guard_state_pickler_patch, which keeps the original for ``revert``) and its ``missing_values`` (read, entries
+removed); the probe also calls ``torch._dynamo.package.load_guards_state``. A torch without ``GuardsStatePickler``
+or its ``missing_values`` reports ``not-applicable`` and is never patched.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
-import inspect
 import io
-import threading
 from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
+from torchkiln.compat import guard_state_pickler_patch
 from torchkiln.compat.fix import Fix
 from torchkiln.compat.references import saveable_by_reference
 
 __all__ = ["FIX", "is_shared_singleton"]
 
 FIX_ID = "guard-state-singletons"
-_ORIGINAL_ATTR = "__torchkiln_original__"
-_lock = threading.Lock()
-
-
-def _pickler_class() -> Any:
-    """``GuardsStatePickler`` when the running torch prunes through ``missing_values``, else ``None``."""
-    try:
-        from torch._dynamo import guards
-    except ImportError:
-        return None
-    cls = getattr(guards, "GuardsStatePickler", None)
-    if cls is None or not callable(getattr(cls, "reducer_override", None)):
-        return None
-    try:
-        parameters = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return None
-    return cls if "missing_values" in parameters else None
 
 
 def _by_name_types() -> tuple[type, ...]:
@@ -101,37 +81,11 @@ def is_shared_singleton(value: Any) -> bool:
     return type(value) in _by_name_types()
 
 
-def _wrap(original: Any) -> Any:
-    @functools.wraps(original)
-    def reducer_override(self: Any, obj: Any) -> Any:
-        missing = getattr(self, "missing_values", None)
-        if missing is not None and id(obj) in missing and is_shared_singleton(obj):
-            del missing[id(obj)]
-        return original(self, obj)
-
-    setattr(reducer_override, _ORIGINAL_ATTR, original)
-    return reducer_override
-
-
-def _apply() -> None:
-    cls = _pickler_class()
-    if cls is None:
-        raise RuntimeError("torch has no GuardsStatePickler with missing_values to patch")
-    with _lock:
-        if not hasattr(cls.reducer_override, _ORIGINAL_ATTR):
-            cls.reducer_override = _wrap(cls.reducer_override)
-
-
-def _revert() -> None:
-    cls = _pickler_class()
-    with _lock:
-        if cls is not None and (original := getattr(cls.reducer_override, _ORIGINAL_ATTR, None)) is not None:
-            cls.reducer_override = original
-
-
-def _is_applied() -> bool:
-    cls = _pickler_class()
-    return cls is not None and hasattr(cls.reducer_override, _ORIGINAL_ATTR)
+def _keep_by_value(pickler: Any, obj: Any, call_next: Any) -> Any:
+    missing = getattr(pickler, "missing_values", None)
+    if missing is not None and id(obj) in missing and is_shared_singleton(obj):
+        del missing[id(obj)]
+    return call_next()
 
 
 def _probe() -> bool:
@@ -144,7 +98,7 @@ def _probe() -> bool:
     import torch
     from torch._dynamo.package import load_guards_state
 
-    cls = _pickler_class()
+    cls = guard_state_pickler_patch.target_class()
     module = torch.nn.Module()
     module.__dict__["unused_dtype"] = torch.float32  # where nn.Module.__setattr__ puts a plain value
     tensor = torch.zeros(2, dtype=torch.float32)
@@ -159,8 +113,9 @@ def _probe() -> bool:
     return getattr(loaded, "dtype", None) is not torch.float32
 
 
-# Last: it patches the guard-state pickler, which no other fix touches, so its place changes no result; it keeps
-# the place it was added in, so doctor's table reads the same.
+# After the runtime-environment fixes, which patch another function. Its hook on the guard-state pickler runs before
+# self-pickling-local-modules' (45): it only takes interned singletons out of ``missing_values``, which that fix never
+# saves, so the order changes no result; it keeps the place it was added in, so doctor's table reads the same.
 FIX = Fix(
     id=FIX_ID,
     title="shared singletons (dtypes, devices, enum members) survive guard-state pruning by value",
@@ -168,10 +123,10 @@ FIX = Fix(
     affected=SpecifierSet(">=2.10.dev0"),
     fixed_in=None,
     touches=("torch._dynamo.guards.GuardsStatePickler.reducer_override",),
-    targets_exist=lambda: _pickler_class() is not None,
+    targets_exist=lambda: guard_state_pickler_patch.target_class() is not None,
     probe=_probe,
-    apply=_apply,
-    revert=_revert,
-    is_applied=_is_applied,
+    apply=lambda: guard_state_pickler_patch.add(FIX_ID, _keep_by_value),
+    revert=lambda: guard_state_pickler_patch.remove(FIX_ID),
+    is_applied=lambda: guard_state_pickler_patch.has(FIX_ID),
     order=40,
 )
