@@ -196,6 +196,8 @@ def _probe() -> bool:
             if "local scope" in str(exc):
                 return True
             raise
+    if check_fn.guards_state is None:  # torch saved no guard state: nothing of ours to fix
+        return False
     state = load_guards_state(check_fn.guards_state)
     loaded = state.output_graph.local_scope["holder"].funcs["f"]
     return type(loaded) is not _probe_class()
