@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchkiln import _entry, compat, guard_fates, inductor_cache
+from torchkiln import _entry, compat, gc_pause, guard_fates, inductor_cache
 from torchkiln.closure_binding import bind_to_callers_closure
 from torchkiln.compat import float_specialization
 from torchkiln.errors import CompileError
@@ -148,7 +148,8 @@ def compile_target(
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    statuses = compat.apply_fixes()
+    with gc_pause.paused():  # the first compile of a process imports torch's compiler stack here (gc_pause.py)
+        statuses = compat.apply_fixes()
     seconds["fixes"] = time.perf_counter() - start
     start = time.perf_counter()
     inductor_cache.prime_torch_key()  # torch's source-tree hash from the install memo (or hashed once, memoized)

@@ -22,7 +22,18 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchkiln import artifact, compat, compiler, frames, guard_fates, inductor_cache, kernels, sources
+from torchkiln import (
+    artifact,
+    compat,
+    compiler,
+    cuda_warm,
+    frames,
+    gc_pause,
+    guard_fates,
+    inductor_cache,
+    kernels,
+    sources,
+)
 from torchkiln.errors import IncompatibleArtifactError, StaleArtifactError, TorchkilnError
 from torchkiln.fingerprint import Fingerprint
 from torchkiln.header import ArtifactHeader
@@ -158,8 +169,35 @@ def load(
     """Stored bytes -> (callable, header): verify (before any unpickling), check the fit, restore the kernels, load.
 
     Raises the typed errors only (corrupt, untrusted, incompatible, stale = another variant); never warns: the
-    caller (api.py) owns the warn-or-raise policy.
+    caller (api.py) owns the warn-or-raise policy. The garbage collector is paused throughout (gc_pause.py): the
+    first load of a process imports torch's compiler stack.
     """
+    with gc_pause.paused():
+        return _load(
+            data,
+            key=key,
+            store_key=store_key,
+            fingerprint=fingerprint,
+            target=target,
+            is_module=is_module,
+            call=call,
+            timings=timings,
+            signing_key=signing_key,
+        )
+
+
+def _load(
+    data: bytes,
+    *,
+    key: str,
+    store_key: str,
+    fingerprint: Fingerprint,
+    target: Any,
+    is_module: bool,
+    call: tuple[Sequence[Any], Mapping[str, Any]] | None,
+    timings: dict[str, float],
+    signing_key: bytes | None,
+) -> tuple[compiler.LoadedFunction, ArtifactHeader]:
     start = time.perf_counter()
     prefetched = _take(store_key, data, signing_key)
     if prefetched is None:
@@ -177,6 +215,8 @@ def load(
         call=call,
     )
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - start
+    # cuBLAS's start on another thread, meanwhile, on the device of the call's inputs (cuda_warm.py)
+    cuda_warm.start(header.device_type, None if call is None else cuda_warm.device_of(*call))
     start = time.perf_counter()
     report = None if prefetched is None else prefetched.restored
     if report is None and "kernels" in decoded.sections:

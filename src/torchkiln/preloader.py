@@ -55,7 +55,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from torchkiln import import_lock
+from torchkiln import cuda_warm, gc_pause, import_lock
 from torchkiln.errors import warn
 
 __all__ = ["DEFAULT_JOIN_TIMEOUT", "MAX_CANDIDATES", "Preload", "current", "join_before_compile", "preload"]
@@ -162,7 +162,8 @@ class Preload:
                 self._holds_import_lock = True
                 try:
                     started.set()
-                    self._phase_imports(work)
+                    with gc_pause.paused():  # the load path's imports (gc_pause.py); not while it waits below
+                        self._phase_imports(work)
                 finally:
                     # before the release: a thread the lock let through sees both
                     self._holds_import_lock = False
@@ -202,6 +203,7 @@ class Preload:
         self.timings["store_open"] = time.perf_counter() - start
         device = work.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = device
+        cuda_warm.start(device)  # where the program has initialized CUDA already; else phase 3 starts it
         self.imports = inductor_cache.warm_imports(device)
         self.timings["torch_imports"] = self.imports.seconds
         # The install memo and the load's forward fixes, before phase 2 picks the CPU ISA
@@ -255,6 +257,7 @@ class Preload:
             log.info("torchkiln.preload: the load is left to compile (the device is not ready)")
             return
         self.timings["device_wait"] = time.perf_counter() - start
+        cuda_warm.start(candidates[0][1].header.device_type)  # on its own thread, beside the load (cuda_warm.py)
         # The caller runs freely by now: it is not excluded (it could be inside an import the load needs).
         if not import_lock.hold_when_no_import_runs(lock, set(), _START_LIMIT):
             log.info("torchkiln.preload: other threads kept importing; the load is left to compile")
@@ -267,7 +270,8 @@ class Preload:
                 self._loading_ahead = True
             chosen = load_ahead.first_fitting(candidates)
             if chosen is not None:
-                loaded = load_ahead.deserialize(chosen[1], grad_enabled=self.grad_enabled, timings=self.timings)
+                with gc_pause.paused():
+                    loaded = load_ahead.deserialize(chosen[1], grad_enabled=self.grad_enabled, timings=self.timings)
                 loader.offer(chosen[0], loaded)
                 self.deserialized = chosen[0]
         except Exception as exc:  # noqa: BLE001 - compile loads it again and reports the real error there

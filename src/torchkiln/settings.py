@@ -29,6 +29,8 @@ __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_REMOTE_TIMEOUT",
     "ENV_CACHE",
+    "ENV_CUDA_WARM",
+    "ENV_GC_PAUSE",
     "ENV_INSTALL",
     "ENV_LEASE_TTL",
     "ENV_LOCK_TIMEOUT",
@@ -41,7 +43,9 @@ __all__ = [
     "Settings",
     "cache_url",
     "configure_logging",
+    "cuda_warm_requested",
     "current",
+    "gc_pause_requested",
     "install_requested",
     "parse_duration",
     "signing_key",
@@ -56,6 +60,8 @@ ENV_LOCK_TIMEOUT = "TORCHKILN_LOCK_TIMEOUT"
 ENV_REMOTE_TIMEOUT = "TORCHKILN_REMOTE_TIMEOUT"
 ENV_LEASE_TTL = "TORCHKILN_LEASE_TTL"
 ENV_INSTALL = "TORCHKILN_INSTALL"
+ENV_GC_PAUSE = "TORCHKILN_GC_PAUSE"
+ENV_CUDA_WARM = "TORCHKILN_CUDA_WARM"
 
 #: Seconds a process waits for another process compiling the same key before it compiles itself.
 DEFAULT_LOCK_TIMEOUT = 900.0
@@ -76,6 +82,10 @@ VARIABLES: dict[str, str] = {
     ENV_LEASE_TTL: f"lifetime of a fleet compile lease without a heartbeat (default {DEFAULT_LEASE_TTL:g} s)",
     ENV_INSTALL: "1: route torch.compile through torchkiln from interpreter start (set by `torchkiln run` for the "
     "program and its child processes; 0 turns it off there)",
+    ENV_GC_PAUSE: "0: keep Python's garbage collector running while a hit imports and loads (default 1: paused, "
+    "which makes the load faster; docs/STARTUP.md)",
+    ENV_CUDA_WARM: "0: leave cuBLAS's start to a CUDA hit's first call (default 1: paid on a background thread while "
+    "the artifact loads; docs/STARTUP.md)",
 }
 
 T = TypeVar("T")
@@ -100,6 +110,8 @@ class Settings:
     remote_timeout: float = DEFAULT_REMOTE_TIMEOUT
     lease_ttl: float = DEFAULT_LEASE_TTL
     install: bool = False
+    gc_pause: bool = True
+    cuda_warm: bool = True
 
 
 def current(environ: Mapping[str, str] | None = None) -> Settings:
@@ -126,6 +138,8 @@ def current(environ: Mapping[str, str] | None = None) -> Settings:
         remote_timeout=attempt(lambda: _seconds(ENV_REMOTE_TIMEOUT, env, DEFAULT_REMOTE_TIMEOUT), 0.0),
         lease_ttl=attempt(lambda: _seconds(ENV_LEASE_TTL, env, DEFAULT_LEASE_TTL), 0.0),
         install=attempt(lambda: install_requested(env), False),
+        gc_pause=attempt(lambda: gc_pause_requested(env), True),
+        cuda_warm=attempt(lambda: cuda_warm_requested(env), True),
     )
     if len(problems) == 1:
         raise problems[0]
@@ -141,6 +155,21 @@ def current(environ: Mapping[str, str] | None = None) -> Settings:
 def install_requested(environ: Mapping[str, str] | None = None) -> bool:
     """``TORCHKILN_INSTALL`` alone (what the interpreter-start hook reads before anything else), validated."""
     return _flag(ENV_INSTALL, (os.environ if environ is None else environ).get(ENV_INSTALL))
+
+
+def gc_pause_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """``TORCHKILN_GC_PAUSE`` alone (read on the load path, gc_pause.py), validated; on unless set to off."""
+    return _default_on(ENV_GC_PAUSE, environ)
+
+
+def cuda_warm_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """``TORCHKILN_CUDA_WARM`` alone (read on the load path, cuda_warm.py), validated; on unless set to off."""
+    return _default_on(ENV_CUDA_WARM, environ)
+
+
+def _default_on(name: str, environ: Mapping[str, str] | None) -> bool:
+    raw = (os.environ if environ is None else environ).get(name)
+    return True if raw is None or not raw.strip() else _flag(name, raw)
 
 
 def cache_url(environ: Mapping[str, str] | None = None) -> str | None:

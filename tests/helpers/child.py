@@ -24,6 +24,7 @@ lines.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -205,6 +206,7 @@ def main(argv: list[str]) -> int:
         result["compiles"].append(record)
     if module is not None:
         result["repeat"] = _repeat(module, merged, target)
+    result["gc_enabled"] = gc.isenabled()  # the load pauses the collector (gc_pause.py) and must resume it
     sys.stdout.write("TKRESULT " + json.dumps(result) + "\n")
     return 0
 

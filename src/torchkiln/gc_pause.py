@@ -1,0 +1,53 @@
+"""Pausing Python's cyclic garbage collector while a hit imports and deserializes torch's compiler stack.
+
+Why: a hit's load imports ~1,500 modules (``torch._dynamo``, ``torch._inductor``, sympy, ...) that allocate some
+360,000 container objects. CPython starts a young collection every 700 allocations and, as the heap grows, full
+collections that walk every live object (the program's model included), over and over while the heap doubles.
+With the collector paused, importing the hit's modules took about a third less time (BENCHMARKS.md, "The lean
+hit: garbage collector paused"). torch pauses it the same way around its own allocation-heavy state-dict walk
+(``torch.distributed.checkpoint.state_dict._gc_context``).
+
+What it changes: nothing but *when* unreachable reference cycles are freed. Reference counting still frees every
+object the moment its last reference goes; only cycles created during the pause wait for the collector's next run
+after it. No torch internals are touched, so there is no probe: ``TORCHKILN_GC_PAUSE=0`` turns it off.
+
+Pauses nest and may come from two threads at once (``preload``'s thread and ``compile``): the collector is paused
+by the first and resumed by the last, and only if it was running when the first began (a program that disabled
+it keeps it disabled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+from collections.abc import Iterator
+
+from torchkiln import settings
+
+__all__ = ["paused"]
+
+_lock = threading.Lock()
+_depth = 0
+_resume = False  # whether the outermost pause found the collector running (and so turns it back on)
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """The collector paused for the ``with`` block (unless ``TORCHKILN_GC_PAUSE=0``); nests across threads."""
+    if not settings.gc_pause_requested():
+        yield
+        return
+    global _depth, _resume
+    with _lock:
+        if _depth == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _resume:
+                gc.enable()
