@@ -93,7 +93,7 @@ def _prepare(
         info["artifact_bytes"] = Path(artifact).stat().st_size
         loaded = torch.compiler.load_compiled_function(io.BytesIO(Path(artifact).read_bytes()), f_globals=vars(models))
         return lambda: loaded(model, *inputs), info
-    if phase in ("tk_miss", "tk_hit_empty", "tk_hit_warm", *PRELOAD_PHASES):
+    if phase in ("tk_miss", "tk_hit_empty", "tk_hit_no_cuts", "tk_hit_warm", *PRELOAD_PHASES):
         import torchkiln
 
         cm = torchkiln.compile(model, inputs, cache=spec["tk_cache"])

@@ -58,6 +58,7 @@ PHASE_TITLES: dict[str, str] = {
     "aot_raw": "raw aot_compile load, empty caches",
     "tk_miss": "torchkiln miss (compile + store)",
     "tk_hit_empty": "torchkiln hit, empty caches",
+    "tk_hit_no_cuts": "the same, start-up cuts off (TORCHKILN_GC_PAUSE=0 TORCHKILN_CUDA_WARM=0)",
     "tk_hit_warm": "torchkiln hit, warm caches",
     "tk_preload": "torchkiln hit + preload, weights from a file (from weights-ready)",
     "tk_preload_bytes": "the same, preload(deserialize=False): torch's load left to compile",
@@ -67,11 +68,14 @@ PHASES: tuple[str, ...] = tuple(PHASE_TITLES)
 _REQUIRES = {
     "compile_warm": "compile_cold",
     "tk_hit_empty": "tk_miss",
+    "tk_hit_no_cuts": "tk_miss",
     "tk_hit_warm": "tk_miss",
     "tk_preload": "tk_miss",
     "tk_preload_bytes": "tk_miss",
 }
 _CHILD = Path(__file__).with_name("child.py")
+#: What the phase ``tk_hit_no_cuts`` turns off: the hit's start-up cuts that have a switch (docs/STARTUP.md).
+_NO_CUTS = {"TORCHKILN_GC_PAUSE": "0", "TORCHKILN_CUDA_WARM": "0"}
 #: Load phases and the artifact each loads (built once per model by a prep process), cheapest build first.
 _LOAD_PHASES = (("megacache", "megacache.bin"), ("aot_raw", "aot.bin"), ("aoti", "model.pt2"))
 
@@ -226,7 +230,9 @@ class _ModelRun:
         if "compile_cold" in want or build_megacache:
             # The first cold compile also saves the MegaCache artifact, after its measurements are taken,
             # which spares the machine one more full compile.
-            extra = {"save": str(self.artifacts / "megacache.bin"), "prep": "megacache"} if build_megacache else {}
+            extra: dict[str, Any] = (
+                {"save": str(self.artifacts / "megacache.bin"), "prep": "megacache"} if build_megacache else {}
+            )
             res = self._child(rdir, "compile_cold", rdir / "ind_cold", **extra)
             if "compile_cold" in want:
                 self._record("compile_cold", res)
@@ -237,7 +243,7 @@ class _ModelRun:
         if "compile_warm" in want:
             cold = rdir / "ind_cold" if "compile_cold" in want else self.first.get("cold", rdir / "ind_cold")
             self._record("compile_warm", self._child(rdir, "compile_warm", cold))
-        if want & {"tk_miss", "tk_hit_empty", "tk_hit_warm", "tk_preload", "tk_preload_bytes"}:
+        if want & {"tk_miss", "tk_hit_empty", "tk_hit_no_cuts", "tk_hit_warm", "tk_preload", "tk_preload_bytes"}:
             self._tk_phases(rep, rdir, want)
         for phase, filename in _LOAD_PHASES:
             if phase not in want:
@@ -266,6 +272,9 @@ class _ModelRun:
             return
         if "tk_hit_empty" in want:
             self._record("tk_hit_empty", self._child(rdir, "tk_hit_empty", rdir / "ind_tk_hit", tk_cache=tk_cache))
+        if "tk_hit_no_cuts" in want:  # the hit without gc_pause.py and cuda_warm.py, in the same run
+            plain = self._child(rdir, "tk_hit_no_cuts", rdir / "ind_tk_hit_plain", tk_cache=tk_cache, env=_NO_CUTS)
+            self._record("tk_hit_no_cuts", plain)
         if "tk_hit_warm" in want:
             self._record("tk_hit_warm", self._child(rdir, "tk_hit_warm", warm, tk_cache=tk_cache))
         for phase in ("tk_preload", "tk_preload_bytes"):
@@ -298,8 +307,11 @@ class _ModelRun:
         self.runs[phase].append(result)
         self.on_child(self.model, self.raw())
 
-    def _child(self, rdir: Path, phase: str, inductor_dir: Path, **extra: Any) -> dict[str, Any]:
-        """Run one child to completion (or its time limit) and return its result record."""
+    def _child(
+        self, rdir: Path, phase: str, inductor_dir: Path, *, env: dict[str, str] | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """Run one child to completion (or its time limit) and return its result record (``env``: variables
+        set for it alone)."""
         rdir.mkdir(parents=True, exist_ok=True)
         label = phase if phase != "prep" else f"prep_{extra['prep']}"
         timeout = self.config.timeout_s
@@ -313,7 +325,7 @@ class _ModelRun:
         result_path = rdir / f"{label}.result.json"
         log_path = rdir / f"{label}.log"
         result_path.unlink(missing_ok=True)
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_dir)
         env["TRITON_CACHE_DIR"] = str(inductor_dir / "triton")
         # The child runs by path; make sure it imports this very torchkiln, installed or not.
