@@ -81,3 +81,12 @@ def test_a_bad_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
         settings.current()
     assert settings.current({settings.ENV_GC_PAUSE: "off"}).gc_pause is False
     assert settings.current({}).gc_pause is True
+
+
+def test_as_a_decorator_it_pauses_each_call() -> None:
+    @gc_pause.paused()
+    def inside() -> bool:
+        return gc.isenabled()
+
+    assert inside() is False and gc.isenabled()
+    assert inside() is False and gc.isenabled()  # a fresh pause per call, not one for the decorator's lifetime

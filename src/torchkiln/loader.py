@@ -154,6 +154,7 @@ def prepare_load(device_type: str | None) -> None:
     compat.apply_load_fixes(triton=gpu)
 
 
+@gc_pause.paused()
 def load(
     data: bytes,
     *,
@@ -172,32 +173,6 @@ def load(
     caller (api.py) owns the warn-or-raise policy. The garbage collector is paused throughout (gc_pause.py): the
     first load of a process imports torch's compiler stack.
     """
-    with gc_pause.paused():
-        return _load(
-            data,
-            key=key,
-            store_key=store_key,
-            fingerprint=fingerprint,
-            target=target,
-            is_module=is_module,
-            call=call,
-            timings=timings,
-            signing_key=signing_key,
-        )
-
-
-def _load(
-    data: bytes,
-    *,
-    key: str,
-    store_key: str,
-    fingerprint: Fingerprint,
-    target: Any,
-    is_module: bool,
-    call: tuple[Sequence[Any], Mapping[str, Any]] | None,
-    timings: dict[str, float],
-    signing_key: bytes | None,
-) -> tuple[compiler.LoadedFunction, ArtifactHeader]:
     start = time.perf_counter()
     prefetched = _take(store_key, data, signing_key)
     if prefetched is None:
