@@ -146,7 +146,7 @@ def test_miss_then_hit_in_fresh_process(built: dict[str, Any], loaded: dict[str,
     assert second["timings"]["compile"] == 0.0 and first["timings"]["compile"] > 0.0
     # Outputs are bit-for-bit those of the compiling process (same artifact, same weights, same inputs).
     assert second["checksum"] == first["checksum"]
-    assert second["gc_enabled"] is True  # the hit paused the garbage collector while it loaded, and resumed it
+    assert loaded["gc_enabled"] is True  # the hit paused the garbage collector while it loaded, and resumed it
     # MLP x2, tanh x2, one dynamic, the stale model and its variant built from the edited helper (both kept)
     assert len(_artifacts(cache)) == 7
 
