@@ -39,17 +39,21 @@ _started: threading.Thread | None = None
 seconds: float | None = None
 
 
-def start(device_type: str | None, device: int | None = None) -> threading.Thread | None:
-    """Start the warm-up for a ``device_type`` artifact about to load, on CUDA device ``device`` (None: the only
-    one); the thread, or None when nothing starts (not CUDA, CUDA not initialized by the program, no device
-    known, off, or already started in this process)."""
+def start(
+    device_type: str | None, call: tuple[Sequence[Any], Mapping[str, Any]] | None = None
+) -> threading.Thread | None:
+    """Start the warm-up for a ``device_type`` artifact about to load, on the device of ``call``'s CUDA inputs
+    (positional, keyword; none: the only device); the thread, or None when nothing starts (not CUDA, already
+    started in this process, off, CUDA not initialized by the program, or no device known)."""
     global _started
-    if device_type != "cuda" or not settings.cuda_warm_requested():
+    # The cheap refusals first: every load of a process comes through here, and only its first CUDA one warms.
+    if device_type != "cuda" or _started is not None or not settings.cuda_warm_requested():
         return None
     import torch
 
     if not torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         return None
+    device = None if call is None else device_of(*call)
     if device is None:
         if torch.cuda.device_count() != 1:
             return None

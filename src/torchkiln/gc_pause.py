@@ -3,9 +3,9 @@
 Why: a hit's load imports ~1,500 modules (``torch._dynamo``, ``torch._inductor``, sympy, ...) that allocate some
 360,000 container objects. CPython starts a young collection every 700 allocations and, as the heap grows, full
 collections that walk every live object (the program's model included), over and over while the heap doubles.
-With the collector paused, importing the hit's modules took about a third less time (BENCHMARKS.md, "The lean
-hit: garbage collector paused"). torch pauses it the same way around its own allocation-heavy state-dict walk
-(``torch.distributed.checkpoint.state_dict._gc_context``).
+With the collector paused, a CPU hit's load step took 21 % less time (7 pairs, 2-core CPU) and an H100 hit's
+12-22 % less in two of three runs (BENCHMARKS.md, "Start-up cuts"). torch pauses it the same way around its own
+allocation-heavy state-dict walk (``torch.distributed.checkpoint.state_dict._gc_context``).
 
 What it changes: nothing but *when* unreachable reference cycles are freed. Reference counting still frees every
 object the moment its last reference goes; only cycles created during the pause wait for the collector's next run

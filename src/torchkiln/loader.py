@@ -191,7 +191,7 @@ def load(
     )
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - start
     # cuBLAS's start on another thread, meanwhile, on the device of the call's inputs (cuda_warm.py)
-    cuda_warm.start(header.device_type, None if call is None else cuda_warm.device_of(*call))
+    cuda_warm.start(header.device_type, call)
     start = time.perf_counter()
     report = None if prefetched is None else prefetched.restored
     if report is None and "kernels" in decoded.sections:

@@ -24,13 +24,13 @@ import torch
 from torchkiln import cuda_warm
 
 device = torch.cuda.device_count() - 1
-before_init = cuda_warm.start("cuda", device)    # the program has not initialized CUDA: nothing starts
+before_init = cuda_warm.start("cuda")            # the program has not initialized CUDA: nothing starts
 torch.cuda.set_device(device)
 torch.ones(1, device="cuda")                     # the program initializes CUDA (on its device)
 modules = set(sys.modules)
 x = torch.randn(64, 64, device="cuda", dtype=torch.float16)
-thread = cuda_warm.start("cuda", cuda_warm.device_of((x,), {}))
-again = cuda_warm.start("cuda", device)          # once per process
+thread = cuda_warm.start("cuda", ((x,), {}))    # on the device of the call's inputs
+again = cuda_warm.start("cuda", ((x,), {}))      # once per process
 thread.join(60)
 y = (x @ x).float().sum().item()
 print("TKWARM " + json.dumps({
