@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Top-level module names whose import is forbidden; ``dill.source`` counts as ``dill``.
-FORBIDDEN: frozenset[str] = frozenset({"pickle", "_pickle", "cloudpickle", "dill"})
+#: ``marshal`` too: it loads code objects, which run when called (the template memo stores Jinja's compiled templates).
+FORBIDDEN: frozenset[str] = frozenset({"pickle", "_pickle", "cloudpickle", "dill", "marshal"})
 
 #: Repo-relative paths (POSIX separators) of source files allowed to import FORBIDDEN modules -> why.
 ALLOW_LIST: dict[str, str] = {
@@ -53,6 +54,10 @@ ALLOW_LIST: dict[str, str] = {
     "src/torchkiln/compiler.py": (
         "the one module that hands verified bytes to torch's unpickler; needs a pickler subclass "
         "for the module-globals fix"
+    ),
+    "src/torchkiln/inductor_cache/template_memo.py": (
+        "marshal: Jinja's compiled templates (code objects, as Jinja's own BytecodeCache keeps them), read back only "
+        "from a private, checksummed local memo file of this Jinja install and Python"
     ),
 }
 

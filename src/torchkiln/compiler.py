@@ -152,8 +152,7 @@ def compile_target(
         statuses = compat.apply_fixes()
     seconds["fixes"] = time.perf_counter() - start
     start = time.perf_counter()
-    inductor_cache.prime_torch_key()  # torch's source-tree hash from the install memo (or hashed once, memoized)
-    inductor_cache.prime_triton_key()  # Triton's, where Triton is installed: every compile there asks for it
+    _prime_memos()
     seconds["install_memo"] = time.perf_counter() - start
     guard_filter = _SerializableGuardFilter(frozenset(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES))
     compile_options: dict[str, Any] = dict(options or {})
@@ -252,6 +251,15 @@ def _self_check_guards(
     return planner.self_check(fn.__globals__, prepare(*args, **kwargs), loader_globals)
 
 
+def _prime_memos() -> None:
+    """What a compile takes from the per-install memos: torch's and Triton's source-tree hashes (or hashed once,
+    memoized; Triton's only where it is installed: every compile there asks for it), and Inductor's Jinja templates
+    (template_memo.py; before torch imports its kernel modules, which build them)."""
+    inductor_cache.prime_torch_key()
+    inductor_cache.prime_triton_key()
+    inductor_cache.memoize_templates()
+
+
 def _aot_compile(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -261,10 +269,13 @@ def _aot_compile(
     backend: str | Callable[..., Any],
     options: dict[str, Any],
 ) -> Any:
-    with compat.compile_scope():
-        # a copy per attempt: torch.compile pops guard_filter_fn out of the options it is given
-        wrapper: Any = torch_compile()(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options))
-        return wrapper.aot_compile((args, dict(kwargs)))
+    try:
+        with compat.compile_scope():
+            # a copy per attempt: torch.compile pops guard_filter_fn out of the options it is given
+            wrapper: Any = torch_compile()(fn, fullgraph=True, dynamic=dynamic, backend=backend, options=dict(options))
+            return wrapper.aot_compile((args, dict(kwargs)))
+    finally:
+        inductor_cache.save_templates()  # the templates this compile built, for the next process (template_memo.py)
 
 
 def jit_compile(

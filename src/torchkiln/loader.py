@@ -141,6 +141,9 @@ def prepare_load(device_type: str | None) -> None:
     guess (phase 1) and again for the artifact it loads ahead (phase 3). A compile applies every fix itself
     (``compiler.compile_target``).
     """
+    # Before torch imports its kernel modules (the generated code's `select_algorithm` import): each builds its
+    # Jinja templates at import, from the memo instead (inductor_cache/template_memo.py).
+    inductor_cache.memoize_templates()
     gpu = device_type != "cpu"
     if gpu:
         # A GPU hit keys every Triton kernel it loads with torch_key() and triton_key(): from the install memo,
@@ -217,6 +220,8 @@ def load(
         raise
     except Exception as exc:
         raise load_error(exc, store_key, target) from exc
+    finally:
+        inductor_cache.save_templates()  # the templates this load compiled, for the next process (once per install)
     timings["load"] = timings.get("load", 0.0) + time.perf_counter() - start
     return function, header
 

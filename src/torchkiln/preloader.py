@@ -209,6 +209,7 @@ class Preload:
         # The install memo and the load's forward fixes, before phase 2 picks the CPU ISA
         start = time.perf_counter()
         loader.prepare_load(device)
+        inductor_cache.save_templates()  # the templates its imports compiled, for the next process (template_memo.py)
         self.timings["prepare_load"] = time.perf_counter() - start
 
     def _phase_artifacts(self, work: _Work) -> list[tuple[str, Any]]:

@@ -31,6 +31,7 @@ __all__ = [
     "ENV_CACHE",
     "ENV_CUDA_WARM",
     "ENV_GC_PAUSE",
+    "ENV_TEMPLATE_MEMO",
     "ENV_INSTALL",
     "ENV_LEASE_TTL",
     "ENV_LOCK_TIMEOUT",
@@ -46,6 +47,7 @@ __all__ = [
     "cuda_warm_requested",
     "current",
     "gc_pause_requested",
+    "template_memo_requested",
     "install_requested",
     "parse_duration",
     "signing_key",
@@ -62,6 +64,7 @@ ENV_LEASE_TTL = "TORCHKILN_LEASE_TTL"
 ENV_INSTALL = "TORCHKILN_INSTALL"
 ENV_GC_PAUSE = "TORCHKILN_GC_PAUSE"
 ENV_CUDA_WARM = "TORCHKILN_CUDA_WARM"
+ENV_TEMPLATE_MEMO = "TORCHKILN_TEMPLATE_MEMO"
 
 #: Seconds a process waits for another process compiling the same key before it compiles itself.
 DEFAULT_LOCK_TIMEOUT = 900.0
@@ -86,6 +89,8 @@ VARIABLES: dict[str, str] = {
     "which makes the load faster; docs/STARTUP.md)",
     ENV_CUDA_WARM: "0: leave cuBLAS's start to a CUDA hit's first call (default 1: paid on a background thread while "
     "the artifact loads; docs/STARTUP.md)",
+    ENV_TEMPLATE_MEMO: "0: let Jinja compile Inductor's kernel templates in every process (default 1: compiled once "
+    "per install and kept in the local memo; docs/STARTUP.md)",
 }
 
 T = TypeVar("T")
@@ -112,6 +117,7 @@ class Settings:
     install: bool = False
     gc_pause: bool = True
     cuda_warm: bool = True
+    template_memo: bool = True
 
 
 def current(environ: Mapping[str, str] | None = None) -> Settings:
@@ -140,6 +146,7 @@ def current(environ: Mapping[str, str] | None = None) -> Settings:
         install=attempt(lambda: install_requested(env), False),
         gc_pause=attempt(lambda: gc_pause_requested(env), True),
         cuda_warm=attempt(lambda: cuda_warm_requested(env), True),
+        template_memo=attempt(lambda: template_memo_requested(env), True),
     )
     if len(problems) == 1:
         raise problems[0]
@@ -165,6 +172,12 @@ def gc_pause_requested(environ: Mapping[str, str] | None = None) -> bool:
 def cuda_warm_requested(environ: Mapping[str, str] | None = None) -> bool:
     """``TORCHKILN_CUDA_WARM`` alone (read on the load path, cuda_warm.py), validated; on unless set to off."""
     return _default_on(ENV_CUDA_WARM, environ)
+
+
+def template_memo_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """``TORCHKILN_TEMPLATE_MEMO`` alone (read where Inductor's templates are memoized: template_memo.py),
+    validated; on unless set to off."""
+    return _default_on(ENV_TEMPLATE_MEMO, environ)
 
 
 def _default_on(name: str, environ: Mapping[str, str] | None) -> bool:

@@ -58,7 +58,8 @@ PHASE_TITLES: dict[str, str] = {
     "aot_raw": "raw aot_compile load, empty caches",
     "tk_miss": "torchkiln miss (compile + store)",
     "tk_hit_empty": "torchkiln hit, empty caches",
-    "tk_hit_no_cuts": "the same, start-up cuts off (TORCHKILN_GC_PAUSE=0 TORCHKILN_CUDA_WARM=0)",
+    "tk_hit_no_cuts": "the same, start-up cuts off (TORCHKILN_GC_PAUSE=0 TORCHKILN_CUDA_WARM=0 "
+    "TORCHKILN_TEMPLATE_MEMO=0)",
     "tk_hit_warm": "torchkiln hit, warm caches",
     "tk_preload": "torchkiln hit + preload, weights from a file (from weights-ready)",
     "tk_preload_bytes": "the same, preload(deserialize=False): torch's load left to compile",
@@ -75,7 +76,7 @@ _REQUIRES = {
 }
 _CHILD = Path(__file__).with_name("child.py")
 #: What the phase ``tk_hit_no_cuts`` turns off: the hit's start-up cuts that have a switch (docs/STARTUP.md).
-_NO_CUTS = {"TORCHKILN_GC_PAUSE": "0", "TORCHKILN_CUDA_WARM": "0"}
+_NO_CUTS = {"TORCHKILN_GC_PAUSE": "0", "TORCHKILN_CUDA_WARM": "0", "TORCHKILN_TEMPLATE_MEMO": "0"}
 #: Load phases and the artifact each loads (built once per model by a prep process), cheapest build first.
 _LOAD_PHASES = (("megacache", "megacache.bin"), ("aot_raw", "aot.bin"), ("aoti", "model.pt2"))
 

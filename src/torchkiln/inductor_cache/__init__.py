@@ -1,7 +1,8 @@
 """The Inductor/Triton cache owner: the one place outside compiler.py and compat/ that touches torch internals.
 
 Re-exports only. ``memo.py``: the per-install memo of Inductor's source-tree hash ``torch_key()`` (its install
-identity in ``identity.py``); ``triton_memo.py``: the same for Triton's ``triton_key()``; ``warm.py``: the imports
+identity in ``identity.py``); ``triton_memo.py``: the same for Triton's ``triton_key()``;
+``template_memo.py``: Inductor's compiled Jinja templates; ``warm.py``: the imports
 a hit makes, in order, for ``torchkiln.preload``. ``scopes.py``: the
 scopes a compile that records its kernels (``recording``), a load that uses them (``loading``, which also owns
 ``compile_threads``) and a loaded graph's first call run under, and where torch keeps its caches
@@ -31,6 +32,13 @@ from torchkiln.inductor_cache.scopes import (
     settle_isa,
     without_custom_op_aliasing_check,
 )
+from torchkiln.inductor_cache.template_memo import (
+    JINJA_RANGE,
+    TemplateMemoReport,
+    memoize_templates,
+    save_templates,
+    template_report,
+)
 from torchkiln.inductor_cache.triton_memo import TRITON_KEY_RANGE, prime_triton_key, revert_triton_key, triton_report
 from torchkiln.inductor_cache.warm import CPU_IMPORTS, GPU_IMPORTS, HIT_IMPORTS, WarmReport, warm_imports
 
@@ -52,6 +60,12 @@ __all__ = [
     "prime_triton_key",
     "revert_triton_key",
     "triton_report",
+    # Inductor's compiled Jinja templates
+    "JINJA_RANGE",
+    "TemplateMemoReport",
+    "memoize_templates",
+    "save_templates",
+    "template_report",
     # the imports a hit makes, made ahead (preload)
     "CPU_IMPORTS",
     "GPU_IMPORTS",

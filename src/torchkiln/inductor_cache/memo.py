@@ -139,7 +139,8 @@ class _IgnoredMemoError(Exception):
     """Why a memo file is not used (it is then recomputed and replaced)."""
 
 
-def _read_private(path: Path) -> bytes:
+def _read_private(path: Path, limit: int = _MAX_MEMO_BYTES) -> bytes:
+    """The bytes of the memo file at ``path`` (at most ``limit``) when it is a private regular file of this user."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
@@ -149,12 +150,12 @@ def _read_private(path: Path) -> bytes:
         raise _IgnoredMemoError(f"cannot open the memo: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(handle.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_MEMO_BYTES:
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             raise _IgnoredMemoError("the memo is not a small regular file")
         refused = _private(st)
         if refused:
             raise _IgnoredMemoError(f"the memo is {refused}")
-        return handle.read(_MAX_MEMO_BYTES + 1)
+        return handle.read(limit + 1)
 
 
 def _is_torch_key(value: object) -> bool:
@@ -193,14 +194,19 @@ def read_memo(
         return None, str(exc)
 
 
+def private_dir(directory: Path) -> None:
+    """Create ``directory`` (0700) if missing; PermissionError when it is another user's or writable by others."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    refused = _private(directory.stat())
+    if refused:
+        raise PermissionError(f"{directory} is {refused}")
+
+
 def write_memo(path: Path, identity: InstallIdentity, values: dict[str, str], *, torch_version: str) -> None:
     """Atomically write the memo (0600, in a 0700 directory of this user); OSError when it cannot.
 
     ``torch_version``: the version of the install the memo is for (torch's, or Triton's for its memo)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    refused = _private(path.parent.stat())
-    if refused:
-        raise PermissionError(f"{path.parent} is {refused}")
+    private_dir(path.parent)
     body: dict[str, Any] = {
         "format": MEMO_FORMAT,
         "kind": _KIND,

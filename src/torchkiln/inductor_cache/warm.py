@@ -24,6 +24,8 @@ import importlib
 import sys
 import time
 
+from torchkiln.inductor_cache.template_memo import memoize_templates
+
 __all__ = ["CPU_IMPORTS", "GPU_IMPORTS", "HIT_IMPORTS", "WarmReport", "warm_imports"]
 
 #: Every hit, in this order.
@@ -48,6 +50,9 @@ HIT_IMPORTS: tuple[str, ...] = (
     "torch._functorch._aot_autograd.subclass_codegen",
     "torch.fx.experimental.validator",
 )
+#: Inductor's template memo is put in place right after this import (codegen.common is loaded by then) and before
+#: ``select_algorithm``'s, whose kernel modules build their Jinja templates at import (template_memo.py).
+_TEMPLATES_MEMOIZED_AFTER = "torch._inductor.codecache"
 #: A CPU hit also builds C++ compile commands (its kernels' cache keys) and probes the CPU's vector ISA.
 CPU_IMPORTS: tuple[str, ...] = (
     "torch._inductor.cpp_builder",
@@ -88,6 +93,8 @@ def warm_imports(device_type: str) -> WarmReport:
     for name in names:
         try:
             importlib.import_module(name)
+            if name == _TEMPLATES_MEMOIZED_AFTER:
+                memoize_templates()
         except ModuleNotFoundError as exc:
             # this torch (or this install: no triton) has no such module; the load will not need it
             missing.append(f"{name}: {exc}")
