@@ -178,9 +178,10 @@ def _memoized(env: Any, source: str, compile_source: Any) -> types.CodeType:
         return found
     code = compile_source()
     if isinstance(code, types.CodeType):
-        with _lock:
-            memo.codes[key] = memo.added[key] = code
-            memo.compiled += 1
+        # No lock: this runs inside imports (preload's thread holds the interpreter's import lock there), and a
+        # dict assignment is atomic; the counter is a report.
+        memo.codes[key] = memo.added[key] = code
+        memo.compiled += 1
     return code
 
 
@@ -350,9 +351,8 @@ def save_templates() -> str:
     memo = _memo
     if memo is None or not memo.added:
         return "nothing to save"
-    with _lock:
-        added, codes = dict(memo.added), dict(memo.codes)
-        memo.added.clear()
+    added, memo.added = memo.added, {}  # one swap: an entry added meanwhile goes to the new dict, saved next time
+    codes = dict(memo.codes)
     if len(codes) > _MAX_ENTRIES:
         return f"not saved: {len(codes)} templates, more than {_MAX_ENTRIES}"
     if memo.identity.newest_change_ns >= memo.identity_ns - _RACY_NS:
