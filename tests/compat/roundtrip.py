@@ -15,7 +15,9 @@ compares the result with eager; the exception is a fix that repairs the load its
 recompiling). Several jobs share a process because each process pays ~5 s for ``import torch``,
 a few seconds of probes and ~20 s for its first Inductor compile on 2 busy cores; save and load never share one.
 A raw load also reports ``missing``: where the loaded guard state holds torch's pruning marker ``_Missing``.
-The last stdout line is ``ROUNDTRIP {json}``; a failing job is a result, not a crash (exit 0).
+A raw ``-FIX`` job whose fix is not needed on the running torch applies the very fixes of an earlier job of its case
+(``all``, or another such ``-FIX``): it is not compiled again but takes that job's artifact (``same_as``), and its
+load runs as its own. The last stdout line is ``ROUNDTRIP {json}``; a failing job is a result, not a crash (exit 0).
 """
 
 from __future__ import annotations
@@ -137,11 +139,19 @@ def _set_fixes(variant: str, *, only_load: bool = False) -> list[str]:
     return [s.id for s in statuses if s.state is compat.FixState.APPLIED]
 
 
-def run_job(phase: str, job: str, root: Path) -> dict[str, Any]:
+def _job_dir(root: Path, job: str) -> Path:
+    return root / job.replace("/", "_")
+
+
+CompiledBy = dict[tuple[str, str, tuple[str, ...]], str]
+
+
+def run_job(phase: str, job: str, root: Path, compiled_by: CompiledBy) -> dict[str, Any]:
+    """``compiled_by``: (path, case, fixes applied) -> the raw job of this save process that compiled it."""
     import torch._dynamo.config as dynamo_config
 
     path, case, variant = parse_job(job)
-    out = root / job.replace("/", "_")
+    out = _job_dir(root, job)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     report: dict[str, Any] = {"job": job, "phase": phase}
@@ -154,6 +164,17 @@ def run_job(phase: str, job: str, root: Path) -> dict[str, Any]:
     saved = out / "save.json"
     if phase == "load" and saved.is_file() and not json.loads(saved.read_text())["ok"]:
         return {**report, "ok": False, "skipped": True, "error": "nothing to load: the save failed"}
+    same = (path, case.name, tuple(sorted(report["applied"])))
+    if phase == "save" and path == "raw" and same in compiled_by:
+        # `-FIX` where that fix is not needed on this torch applies exactly the fixes of an earlier job of this
+        # case: the same compile, so its artifact is that job's (the load still runs, with this job's load fixes).
+        first = json.loads(_job_dir(root, compiled_by[same]).joinpath("save.json").read_text())
+        report.update(ok=first["ok"], error=first["error"], same_as=compiled_by[same], seconds=0.0)
+        saved.write_text(json.dumps(report))
+        return report
+    if phase == "load" and saved.is_file() and json.loads(saved.read_text()).get("same_as"):
+        report["same_as"] = json.loads(saved.read_text())["same_as"]
+        out = _job_dir(root, report["same_as"])
     target, args = case.make()
     with torch.no_grad():
         expected = target(*args, **case.kwargs())
@@ -185,6 +206,8 @@ def run_job(phase: str, job: str, root: Path) -> dict[str, Any]:
     report["seconds"] = round(time.perf_counter() - start, 2)
     if phase == "save":
         saved.write_text(json.dumps(report))
+        if path == "raw":
+            compiled_by.setdefault(same, job)
     return report
 
 
@@ -201,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     header["aot_flag"] = bool(getattr(dynamo_config, "enable_aot_compile", False))
     if ns.phase == "save":
         header["fixes"] = [status.to_dict() for status in torchkiln.fixes()]
-    reports = [run_job(ns.phase, job, ns.dir) for job in ns.jobs]
+    compiled_by: CompiledBy = {}
+    reports = [run_job(ns.phase, job, ns.dir, compiled_by) for job in ns.jobs]
     # enable-aot-compile is scoped: after every compile above, the flag and a plain torch.compile are untouched.
     header["aot_flag_after"] = bool(getattr(dynamo_config, "enable_aot_compile", False))
     header["aot_attr_after"] = hasattr(torch.compile(cases.plus_one, fullgraph=True), "aot_compile")
