@@ -170,6 +170,7 @@ def run_job(phase: str, job: str, root: Path, compiled_by: CompiledBy) -> dict[s
         # case: the same compile, so its artifact is that job's (the load still runs, with this job's load fixes).
         first = json.loads(_job_dir(root, compiled_by[same]).joinpath("save.json").read_text())
         report.update(ok=first["ok"], error=first["error"], same_as=compiled_by[same], seconds=0.0)
+        report["aot_flag_after"] = bool(getattr(dynamo_config, "enable_aot_compile", False))
         saved.write_text(json.dumps(report))
         return report
     if phase == "load" and saved.is_file() and json.loads(saved.read_text()).get("same_as"):
