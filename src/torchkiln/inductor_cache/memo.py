@@ -111,10 +111,13 @@ def memo_dir(root: Path | None = None) -> Path:
     return Path(root) / LAYOUT_VERSION / "memo"
 
 
-def memo_path(torch_dir: str | os.PathLike[str], root: Path | None = None, *, prefix: str = "torch-key") -> Path:
-    """The memo file of the install at ``torch_dir`` (``prefix``: ``torch-key``, ``triton-key`` for Triton's)."""
+def memo_path(
+    torch_dir: str | os.PathLike[str], root: Path | None = None, *, prefix: str = "torch-key", suffix: str = ".json"
+) -> Path:
+    """The memo file of the install at ``torch_dir`` (``prefix``: ``torch-key``, ``triton-key`` for Triton's,
+    ``jinja-<cache tag>`` with ``suffix`` ``.bin`` for the template memo)."""
     name = hashlib.sha256(os.path.realpath(os.fspath(torch_dir)).encode("utf-8", "surrogateescape")).hexdigest()
-    return memo_dir(root) / f"{prefix}-{name[:24]}.json"
+    return memo_dir(root) / f"{prefix}-{name[:24]}{suffix}"
 
 
 def _checksum(body: dict[str, Any]) -> str:

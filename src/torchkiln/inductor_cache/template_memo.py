@@ -42,7 +42,6 @@ import importlib.util
 import json
 import logging
 import marshal
-import os
 import sys
 import threading
 import time
@@ -54,7 +53,7 @@ from packaging.specifiers import SpecifierSet
 
 from torchkiln import atomic_files
 from torchkiln.inductor_cache.identity import InstallIdentity, tree_identity
-from torchkiln.inductor_cache.memo import _RACY_NS, _IgnoredMemoError, _read_private, memo_dir, private_dir
+from torchkiln.inductor_cache.memo import _RACY_NS, _IgnoredMemoError, _read_private, memo_path, private_dir
 
 __all__ = ["JINJA_RANGE", "TemplateMemoReport", "memoize_templates", "save_templates", "template_report"]
 
@@ -215,9 +214,8 @@ def _python_facts() -> str:
 
 
 def memo_file(jinja_dir: str, root: Path | None = None) -> Path:
-    """The memo of the Jinja installed at ``jinja_dir`` for this interpreter."""
-    name = hashlib.sha256(os.path.realpath(jinja_dir).encode("utf-8", "surrogateescape")).hexdigest()
-    return memo_dir(root) / f"jinja-{sys.implementation.cache_tag}-{name[:24]}.bin"
+    """The memo of the Jinja installed at ``jinja_dir`` for this interpreter (named like the install memos)."""
+    return memo_path(jinja_dir, root, prefix=f"jinja-{sys.implementation.cache_tag}", suffix=".bin")
 
 
 def _read(path: Path, identity: InstallIdentity) -> dict[str, types.CodeType]:
