@@ -90,3 +90,62 @@ def test_as_a_decorator_it_pauses_each_call() -> None:
 
     assert inside() is False and gc.isenabled()
     assert inside() is False and gc.isenabled()  # a fresh pause per call, not one for the decorator's lifetime
+
+
+class _Marker:
+    """A container object whose generation the tests look up."""
+
+
+def _generation_of(obj: object) -> int | None:
+    return next((g for g in range(3) if any(o is obj for o in gc.get_objects(generation=g))), None)
+
+
+def test_what_the_pause_allocated_goes_to_the_oldest_generation_unwalked() -> None:
+    gc.collect()
+    with gc_pause.paused():
+        marker = _Marker()
+        filler = [[i] for i in range(5000)]  # more allocations than a young collection's threshold
+    assert gc.get_count()[0] < 100  # no young collection pending over the pause's objects
+    assert _generation_of(marker) == 2
+    assert gc.get_freeze_count() == 0  # handed over, not left frozen
+    del filler
+
+
+def test_a_cycle_made_during_the_pause_is_still_collected() -> None:
+    with gc_pause.paused():
+        cycle: list[object] = []
+        cycle.append(cycle)
+        marker = _Marker()
+        cycle.append(marker)
+    import weakref
+
+    gone = weakref.ref(marker)
+    del cycle, marker
+    gc.collect()  # the next full collection frees it: only *when* changed
+    assert gone() is None
+
+
+def test_objects_the_program_froze_stay_frozen() -> None:
+    frozen_before = _Marker()
+    gc.freeze()
+    try:
+        count = gc.get_freeze_count()
+        with gc_pause.paused():
+            marker = _Marker()
+        assert gc.get_freeze_count() == count  # gc.unfreeze would have released the program's frozen objects
+        assert _generation_of(frozen_before) is None  # still in the permanent generation
+        assert _generation_of(marker) in (0, 1)  # left to the young collections, as without torchkiln
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.parametrize("how", ["switch off", "collector disabled"])
+def test_nothing_moves_where_the_collector_is_left_alone(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    gc.collect()
+    if how == "switch off":
+        monkeypatch.setenv(settings.ENV_GC_PAUSE, "0")
+    else:
+        gc.disable()
+    with gc_pause.paused():
+        marker = _Marker()
+    assert _generation_of(marker) == 0
