@@ -17,6 +17,7 @@ import time
 _T0 = time.perf_counter()
 _WALL0 = time.time()
 
+import gc  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402  (after the clock starts, on purpose)
 import os  # noqa: E402
@@ -61,6 +62,30 @@ def _max_abs_diff(out: Any, ref: list[Any]) -> float | None:
         return float("inf")
     diffs = [(g.detach().float().cpu() - r.float()).abs().max().item() for g, r in zip(got, ref, strict=True)]
     return max(diffs) if diffs else None
+
+
+class _CollectorClock:
+    """The cyclic collector's pauses, from ``gc.callbacks``: where a hit's time went to the collector (docs/STARTUP.md,
+    gc_pause.py). Each collection: its start, seconds, generation and the thread it ran on."""
+
+    def __init__(self) -> None:
+        self.collections: list[tuple[float, float, int, str]] = []
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        import threading
+
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            seconds = time.perf_counter() - self._start
+            self.collections.append((self._start, seconds, info["generation"], threading.current_thread().name))
+
+    def between(self, start: float, end: float) -> tuple[float, list[list[Any]]]:
+        """Seconds collected in ``[start, end)`` and the collections over 10 ms (generation, s, thread)."""
+        inside = [c for c in self.collections if start <= c[0] < end]
+        return sum(c[1] for c in inside), [[g, round(s, 4), t] for _, s, g, t in inside if s > 0.01]
 
 
 def _prepare(
@@ -217,6 +242,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     t_torch = time.perf_counter()
+    collector = _CollectorClock()
     result.update(import_torch_s=t_torch - t, torch_version=torch.__version__, pid=os.getpid())
     if spec.get("threads"):
         # On a small shared machine, OpenMP threads that wait on a descheduled sibling make per-call times
@@ -247,6 +273,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         sync()
         t_first = time.perf_counter()
         result.update(info)
+        result["gc_setup_s"], result["gc_setup_big"] = collector.between(t_torch, t_setup)
+        result["gc_first_output_s"], result["gc_first_output_big"] = collector.between(t_setup, t_first)
         result.update(
             prepare_s=t_ready - t_setup,
             first_call_s=t_first - t_ready,

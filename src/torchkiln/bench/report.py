@@ -89,7 +89,8 @@ def render_model(name: str, model: dict[str, Any]) -> Group:
             for kind, p in prep.items()
         ]
         parts.append(Text("artifacts for the load phases:\n" + "\n".join(lines)))
-    timings = model["phases"].get("tk_hit_empty", {}).get("summary", {}).get("tk_timings")
+    hit = model["phases"].get("tk_hit_empty", {}).get("summary", {})
+    timings = hit.get("tk_timings")
     if timings:
         # min_width: else rich wraps the title to the width of the two narrow columns.
         where = Table(
@@ -101,6 +102,7 @@ def render_model(name: str, model: dict[str, Any]) -> Group:
         where.add_column("seconds", justify="right")
         for step, seconds in timings.items():
             where.add_row(step, _fmt(seconds, ".4f"))
+        where.add_row("garbage collector, compile call to first output", _fmt(hit.get("gc_first_output_s"), ".4f"))
         parts.append(where)
     preload = model["phases"].get("tk_preload", {}).get("summary", {})
     if preload.get("preload_timings"):
@@ -118,6 +120,7 @@ def render_model(name: str, model: dict[str, Any]) -> Group:
             ("weights-ready to first output", preload.get("first_output_s")),
             ("  of which waiting for the preload thread", preload.get("preload_wait_s")),
             ("  the rest (the load and first call once preload is done)", preload.get("after_preload_s")),
+            ("garbage collector, compile call to first output (any thread)", preload.get("gc_first_output_s")),
         ):
             pre.add_row(step, _fmt(value, ".4f"))
         parts.append(pre)

@@ -34,6 +34,8 @@ NUMERIC_FIELDS = (
     "weights_load_s",
     "preload_wait_s",
     "after_preload_s",
+    "gc_setup_s",
+    "gc_first_output_s",
 )
 
 
