@@ -13,8 +13,9 @@ after it. No torch internals are touched, so there is no probe: ``TORCHKILN_GC_P
 
 Ending a pause without the deferred young collection: every container object allocated during the pause (the
 ~360,000 of the stack, and whatever other threads allocated meanwhile) is still in the youngest generation when the
-collector comes back, so the next allocation starts a young collection that walks them all (0.26-0.31 s on the
-2-core CPU after preload's imports, on its thread, holding the GIL; 0.08 s after a plain hit's load). These objects
+collector comes back, so the next allocation starts a young collection that walks them all (on the 2-core CPU:
+0.2-0.35 s at the end of a demo hit's load, 0.26-0.31 s on preload's thread after its imports, holding the GIL;
+BENCHMARKS.md, "The pause ends without a young collection"). These objects
 are nearly all long-lived (modules, classes, functions), so the outermost pause hands them straight to the oldest
 generation instead (``gc.freeze()`` then ``gc.unfreeze()``: two list splices, nothing walked), as if they had
 survived the young collections already. Still only *when* changes: a cycle made during the pause is found by the
