@@ -24,6 +24,7 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -74,8 +75,6 @@ class _CollectorClock:
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
-        import threading
-
         if phase == "start":
             self._start = time.perf_counter()
         else:
